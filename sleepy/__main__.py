@@ -1,0 +1,29 @@
+"""python -m sleepy: the Hydra experiment runner (see README.md)."""
+
+from __future__ import annotations
+
+import os
+
+for _key, _value in (("HF_HUB_OFFLINE", "1"), ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+                     ("MLFLOW_DISABLE_TELEMETRY", "true")):
+    os.environ.setdefault(_key, _value)
+
+
+def main() -> None:
+    import hydra
+
+    from sleepy.config import register
+
+    register()
+    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    hydra.main(version_base="1.3", config_path=conf, config_name="config")(_run)()
+
+
+def _run(cfg) -> float | None:
+    from sleepy.experiment import run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from sleepy.koans.cli import main
+
+sys.exit(main())

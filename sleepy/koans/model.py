@@ -1,0 +1,93 @@
+"""The Koan: a broken Rust program, its intended fix and the tests that pin its behaviour."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SPLITS = ("train", "eval")
+
+
+class KoanError(Exception):
+    """Bad koan input. The message is one line naming the file and the field or koan."""
+
+
+@dataclass(frozen=True)
+class Koan:
+    id: str
+    family: str
+    split: str
+    title: str
+    code: str
+    solution: str
+    tests: str  # a complete Rust test module, appended verbatim to whatever code is judged
+    expected_errors: tuple[str, ...] = ()
+    hint: str = ""
+    mode: str = "test"  # test: run the appended tests; run: build and run main, exit 0 = pass
+    clippy: bool = False  # judged with clippy -D warnings
+    check_unsolved: bool = True  # the broken code must fail (rustlings' skip_check_unsolved = false)
+    source: str = ""  # the file it was loaded from, for error messages
+
+    def content_hash(self) -> str:
+        """sha256 of everything that defines the koan (not where it was loaded from)."""
+        fields = asdict(self)
+        fields.pop("source")
+        blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["expected_errors"] = list(self.expected_errors)
+        return d
+
+
+def wrap_tests(tests: str) -> str:
+    """Put test functions into the module the sandbox appends: `mod koan_tests { use super::*; ... }`."""
+    body = "\n".join("    " + line if line.strip() else "" for line in tests.strip("\n").splitlines())
+    return f"#[cfg(test)]\nmod koan_tests {{\n    use super::*;\n\n{body}\n}}\n"
+
+
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_TOKEN = re.compile(r"[A-Za-z_]\w*|\d+|\S")
+_KEYWORDS = set(
+    "as break const continue crate else enum extern false fn for if impl in let loop match mod move mut "
+    "pub ref return self Self static struct super trait true type unsafe use where while async await dyn "
+    "Some None Ok Err Vec String Option Result Box HashMap str usize isize u8 u16 u32 u64 i8 i16 i32 i64 "
+    "f32 f64 bool char".split()
+)
+
+
+def shape_tokens(code: str) -> list[str]:
+    """Tokens of a program with comments removed and every name and number replaced by a placeholder,
+    so that a renamed copy of a program has the same shape."""
+    out = []
+    for tok in _TOKEN.findall(_COMMENT.sub(" ", code)):
+        if tok[0].isdigit():
+            out.append("0")
+        elif (tok[0].isalpha() or tok[0] == "_") and tok not in _KEYWORDS:
+            out.append("x")
+        else:
+            out.append(tok)
+    return out
+
+
+def shape_similarity(a: str, b: str, n: int = 8) -> float:
+    """Share of the smaller program's token n-grams (by shape) that also occur in the other."""
+    ga, gb = (_ngrams(shape_tokens(x), n) for x in (a, b))
+    if not ga or not gb:
+        return 0.0
+    return len(ga & gb) / min(len(ga), len(gb))
+
+
+def _ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def relpath(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

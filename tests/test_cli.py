@@ -1,0 +1,92 @@
+"""sleepy-koans: list, show, verify, judge, lock."""
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import ROOT, run_cli
+
+from sleepy.koans import load_pack
+
+
+def test_list_json_gives_the_fields_of_every_koan(builtin):
+    rc, out, _ = run_cli("-m", "sleepy.koans", "list", "--json")
+    assert rc == 0
+    rows = json.loads(out)
+    assert len(rows) == len(builtin.koans)
+    assert {"id", "family", "split", "title", "expected_errors"} <= set(rows[0])
+
+
+def test_list_filters_by_family_and_split(builtin):
+    rc, out, _ = run_cli("-m", "sleepy.koans", "list", "--family", "lifetimes", "--split", "eval", "--json")
+    rows = json.loads(out)
+    assert rc == 0 and rows
+    assert {(r["family"], r["split"]) for r in rows} == {("lifetimes", "eval")}
+    assert len(rows) == len(builtin.select("lifetimes", "eval"))
+
+
+def test_show_prints_code_and_tests(builtin):
+    koan = builtin.koans[0]
+    rc, out, _ = run_cli("-m", "sleepy.koans", "show", koan.id)
+    assert rc == 0
+    assert koan.title in out and koan.code.strip().splitlines()[0] in out and "mod koan_tests" in out
+
+
+def test_show_unknown_id_is_a_clear_error():
+    rc, _, err = run_cli("-m", "sleepy.koans", "show", "no_such_koan")
+    assert rc == 2 and "no koan with id 'no_such_koan'" in err and "Traceback" not in err
+
+
+def test_judge_json_reports_the_verdict(tmp_path):
+    src = tmp_path / "broken.rs"
+    src.write_text("fn main() {\n    let n: i32 = \"seven\";\n}\n")
+    rc, out, _ = run_cli("-m", "sleepy.koans", "judge", str(src), "--mode", "run", "--json", "--no-cache")
+    v = json.loads(out)
+    assert rc == 1
+    assert (v["compiled"], v["passed"], v["reason"], v["error_codes"]) == (False, False, "compile_error", ["E0308"])
+    assert v["signature"].startswith("E0308: mismatched types")
+    assert {"tests_passed", "isolation", "wall_ms"} <= set(v)
+
+
+def test_judge_appends_a_tests_file(tmp_path):
+    src, tests = tmp_path / "lib.rs", tmp_path / "tests.rs"
+    src.write_text("pub fn double(x: u32) -> u32 { x * 2 }\n")
+    tests.write_text("#[test]\nfn doubles() { assert_eq!(double(21), 42); }\n")
+    rc, out, err = run_cli("-m", "sleepy.koans", "judge", str(src), "--tests", str(tests), "--json")
+    assert rc == 0, err
+    assert json.loads(out)["reason"] == "ok"
+    tests.write_text("#[test]\nfn doubles() { assert_eq!(double(21), 41); }\n")
+    rc, out, _ = run_cli("-m", "sleepy.koans", "judge", str(src), "--tests", str(tests), "--json")
+    assert rc == 1 and json.loads(out)["reason"] == "test_failure"
+
+
+def test_verify_cli_fails_and_names_a_koan_whose_solution_is_wrong(tmp_path):
+    pack = tmp_path / "pack"
+    shutil.copytree(ROOT / "koans", pack)
+    victim = sorted((pack / "lifetimes").glob("*.toml"))[0]
+    for other in pack.glob("*/*.toml"):
+        if other != victim:
+            other.unlink()
+    text = victim.read_text()
+    victim.write_text(text.replace("solution = '''", "solution = '''\ncompile_error!(\"broken solution\");", 1))
+    run_cli("-m", "sleepy.koans", "lock", "--pack", str(pack))
+    rc, out, err = run_cli("-m", "sleepy.koans", "verify", "--pack", str(pack), "--json")
+    report = json.loads(out)
+    assert rc == 1, err
+    assert report["koans"] == 1 and report["verified"] == 0
+    assert report["failed"][0]["id"] == victim.stem and "solution fails" in report["failed"][0]["why"]
+
+
+def test_lock_freezes_eval_koans(tmp_path):
+    pack = tmp_path / "pack"
+    shutil.copytree(ROOT / "koans", pack)
+    (pack / "eval.lock").unlink()
+    rc, out, _ = run_cli("-m", "sleepy.koans", "lock", "--pack", str(pack))
+    assert rc == 0 and "froze" in out
+    assert (pack / "eval.lock").read_text() == (ROOT / "koans" / "eval.lock").read_text()
+    assert load_pack(pack).koans
+
+
+def test_console_scripts_are_installed():
+    bindir = Path(__import__("sys").executable).parent
+    assert (bindir / "sleepy-koans").exists() and (bindir / "sleepy").exists()

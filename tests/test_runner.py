@@ -1,0 +1,37 @@
+"""python -m sleepy: Hydra composes conf/ with the koans and sandbox groups."""
+
+from conftest import run_cli
+
+
+def test_help_lists_the_config_groups():
+    rc, out, _ = run_cli("-m", "sleepy", "--help")
+    assert rc == 0
+    assert "koans: all, borrow_checker" in out and "sandbox: default" in out
+
+
+def test_cfg_job_prints_the_composed_config():
+    rc, out, _ = run_cli("-m", "sleepy", "--cfg", "job", "koans=lifetimes", "koans.split=eval")
+    assert rc == 0
+    assert "families:\n  - lifetimes" in out and "split: eval" in out and "isolation: auto" in out
+
+
+def test_a_mistyped_key_is_named():
+    rc, _, err = run_cli("-m", "sleepy", "koans.familes=[x]")
+    assert rc != 0 and "familes" in err and "KoansConfig" in err
+
+
+def test_a_bad_choice_names_the_key_and_the_valid_options():
+    rc, _, err = run_cli("-m", "sleepy", "sandbox.isolation=docker")
+    assert rc == 2 and "sandbox.isolation" in err and "bwrap" in err and "Traceback" not in err
+
+
+def test_verify_stage_judges_the_selected_koans(tmp_path):
+    rc, out, err = run_cli("-m", "sleepy", "koans=type_mismatch", "koans.split=eval", "koans.count=2",
+                           f"hydra.run.dir={tmp_path}/run")
+    assert rc == 0, err
+    assert "2/2 koans verified" in out
+
+
+def test_unknown_family_in_config_is_a_clear_error(tmp_path):
+    rc, _, err = run_cli("-m", "sleepy", "koans.families=[borrowing]", f"hydra.run.dir={tmp_path}/run")
+    assert rc == 2 and "unknown family 'borrowing'" in err and "Traceback" not in err

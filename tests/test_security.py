@@ -1,0 +1,163 @@
+"""LLM-written programs are contained: each is judged within its limit plus 2 s, with the right
+reason, and leaves no process and no file behind."""
+
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sleepy.sandbox import Sandbox, SandboxLimits
+from sleepy.sandbox.isolation import SANDBOX_UID_BASE
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMITS = SandboxLimits(compile_s=8, compile_memory_mb=2048, run_s=3, run_memory_mb=256, processes=32,
+                       output_kb=64)
+GRACE_S = 2.0
+
+pytestmark = pytest.mark.skipif(
+    __import__("sleepy.sandbox.isolation", fromlist=["detect"]).detect() != "bwrap",
+    reason="bubblewrap isolation is not available here (apt-get install bubblewrap)")
+
+
+@pytest.fixture()
+def strict(tmp_path):
+    return Sandbox(cache_dir=tmp_path / "cache", use_cache=False, limits=LIMITS, jobs=1)
+
+
+def leftover_processes(marker: str) -> list[str]:
+    """Live processes whose command line holds marker, or that run as a sandbox uid."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            uid = entry.stat().st_uid
+            state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state in ("Z", "X"):  # exited; only its exit status waits to be collected by init
+            continue
+        if marker in cmd or SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + 64:
+            found.append(f"{entry.name} uid={uid} {cmd[:80]}")
+    return found
+
+
+def judge_timed(sb, code, tests="", mode="test"):
+    before = set(os.listdir("/tmp"))
+    start = time.perf_counter()
+    verdict = sb.judge(code, tests, mode)
+    elapsed = time.perf_counter() - start
+    time.sleep(0.2)
+    new_tmp = {p for p in set(os.listdir("/tmp")) - before if p.startswith("sleepy-judge-")}
+    assert not new_tmp, f"work dirs left behind: {new_tmp}"
+    return verdict, elapsed
+
+
+def test_infinite_loop_in_a_test_times_out(strict):
+    tests = "#[cfg(test)]\nmod t {\n    #[test]\n    fn spins() { loop { std::hint::black_box(1); } }\n}\n"
+    v, elapsed = judge_timed(strict, "pub fn f() {}", tests)
+    assert v.reason == "timeout" and v.compiled
+    assert elapsed < LIMITS.compile_s + LIMITS.run_s + GRACE_S
+    assert v.run_ms < (LIMITS.run_s + GRACE_S) * 1000
+
+
+def test_memory_bomb_is_stopped_for_memory(strict):
+    code = "fn main() {\n    let mut hoard: Vec<Vec<u8>> = Vec::new();\n" \
+           "    loop { hoard.push(vec![7u8; 16 << 20]); std::hint::black_box(&hoard); }\n}\n"
+    v, elapsed = judge_timed(strict, code, mode="run")
+    assert v.reason == "memory"
+    assert v.run_ms < (LIMITS.run_s + GRACE_S) * 1000
+
+
+def test_fork_bomb_is_contained_and_reaped(strict):
+    marker = f"forkbomb{uuid.uuid4().hex[:8]}"
+    code = ("use std::process::Command;\nfn main() {\n"
+            f"    let _ = Command::new(\"/bin/sh\").arg(\"-c\").arg(\"b() {{ b | b & }}; b; : {marker}\").status();\n"
+            "    loop { let _ = Command::new(\"/bin/sleep\").arg(\"1000\").spawn(); }\n}\n")
+    v, elapsed = judge_timed(strict, code, mode="run")
+    assert v.reason in ("timeout", "runtime_error")
+    assert v.run_ms < (LIMITS.run_s + GRACE_S) * 1000
+    assert leftover_processes(marker) == []
+
+
+def test_output_flood_from_main_hits_the_output_limit(strict):
+    code = 'fn main() {\n    let line = "x".repeat(1 << 16);\n    loop { println!("{line}"); }\n}\n'
+    v, elapsed = judge_timed(strict, code, mode="run")
+    assert v.reason == "output_limit"
+    assert len(v.output) <= 16 * 1024
+    assert elapsed < LIMITS.compile_s + GRACE_S
+
+
+def test_output_flood_past_the_test_harness_capture_hits_the_output_limit(strict):
+    tests = ("#[cfg(test)]\nmod t {\n    use std::io::Write;\n    #[test]\n    fn floods() {\n"
+             "        let block = vec![b'y'; 1 << 20];\n"
+             "        for _ in 0..4096 { std::io::stdout().write_all(&block).unwrap(); }\n    }\n}\n")
+    v, _ = judge_timed(strict, "pub fn f() {}", tests)
+    assert v.reason == "output_limit"
+
+
+def test_writes_outside_the_sandbox_leave_no_file(strict, tmp_path):
+    name = f"sleepy-escape-{uuid.uuid4().hex[:8]}"
+    targets = [Path.home() / name, Path("/tmp") / name, ROOT / name, tmp_path / name]
+    writes = "\n".join(f'    let _ = std::fs::write("{t}", b"escaped");' for t in targets)
+    code = f'fn main() {{\n{writes}\n    let _ = std::fs::write("local.txt", b"inside");\n}}\n'
+    v, _ = judge_timed(strict, code, mode="run")
+    assert v.reason == "ok"
+    assert [t for t in targets if t.exists()] == []
+
+
+def test_network_connection_to_a_local_listener_never_arrives(strict):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    code = ("use std::io::Write;\nuse std::net::TcpStream;\nfn main() {\n"
+            f"    match TcpStream::connect(\"127.0.0.1:{port}\") {{\n"
+            "        Ok(mut s) => { s.write_all(b\"exfiltrated\").unwrap(); }\n"
+            "        Err(e) => { eprintln!(\"no network: {e}\"); std::process::exit(3); }\n    }\n}\n")
+    try:
+        v, _ = judge_timed(strict, code, mode="run")
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+    assert v.reason == "runtime_error" and "no network" in v.output
+
+
+def test_a_child_that_tries_to_outlive_the_judgement_is_killed(strict):
+    marker = f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 1000}"
+    code = ("use std::process::{Command, Stdio};\nfn main() {\n"
+            f"    Command::new(\"/usr/bin/setsid\").arg(\"/bin/sleep\").arg(\"{marker}\")\n"
+            "        .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();\n"
+            f"    Command::new(\"/bin/sh\").arg(\"-c\").arg(\"nohup /bin/sleep {marker} >/dev/null 2>&1 &\")\n"
+            "        .status().unwrap();\n}\n")
+    v, _ = judge_timed(strict, code, mode="run")
+    assert v.reason == "ok"
+    time.sleep(0.3)
+    assert leftover_processes(f"sleep {marker}") == []
+
+
+def test_macro_recursion_bomb_at_compile_time_is_stopped(strict):
+    code = ('#![recursion_limit = "4096"]\n'
+            "macro_rules! boom { ($($t:tt)*) => { boom!($($t)* $($t)*) }; }\nboom!(x);\nfn main() {}\n")
+    v, elapsed = judge_timed(strict, code, mode="run")
+    assert v.reason in ("memory", "timeout") and not v.compiled
+    assert elapsed < LIMITS.compile_s + GRACE_S
+
+
+def test_runaway_const_evaluation_is_stopped(strict):
+    code = ("const fn spin() -> u64 {\n    let mut i = 0u64;\n    let mut s = 0u64;\n"
+            "    while i < u64::MAX { s = s.wrapping_add(i); i += 1; }\n    s\n}\n"
+            "const X: u64 = spin();\nfn main() { println!(\"{}\", X); }\n")
+    v, elapsed = judge_timed(strict, code, mode="run")
+    assert not v.compiled and v.reason in ("compile_error", "timeout", "memory")
+    assert elapsed < LIMITS.compile_s + GRACE_S
+
+
+def test_every_verdict_records_its_isolation_level(strict):
+    assert strict.judge("fn main() {}", mode="run").isolation == "bwrap"
