@@ -1,0 +1,186 @@
+"""A chat server that speaks the OpenAI and Ollama protocols and answers from a script.
+
+For tests and benchmarks: clients (litellm included) talk to it over HTTP on 127.0.0.1 as to any
+served model. The script says, per koan, what each successive request gets: a reply (a right or a
+wrong fix), an HTTP error, a malformed body, extra latency, or no answer at all.
+
+    script = Script({"bc_bank_transfer": [Step(reply=wrong), Step(status=503), Step(reply=fix)]})
+    with ScriptedLLMServer(script, latency_s=0.05) as server:
+        ...  # model.api_base = server.url (Ollama) or server.url + "/v1" (OpenAI)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one request gets."""
+
+    reply: str = ""
+    status: int = 200  # an HTTP error status instead of a reply, e.g. 500 or 503
+    delay_s: float | None = None  # latency before answering; None: the server's latency_s
+    malformed: bool = False  # a 200 whose body is not JSON
+    hang_s: float = 0.0  # hold the request this long without answering (a client timeout)
+
+
+@dataclass
+class Script:
+    """Steps per key; a request takes the next step of the longest key found in its messages.
+
+    The last step of a list repeats. Requests matching no key take `default`.
+    """
+
+    steps: dict[str, list[Step]] = field(default_factory=dict)
+    default: list[Step] = field(default_factory=lambda: [Step(reply="I cannot help with that.")])
+    _served: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next(self, prompt: str) -> tuple[str, int, Step]:
+        keys = [k for k in self.steps if k in prompt]
+        key = max(keys, key=len) if keys else ""
+        steps = self.steps.get(key, self.default) if key else self.default
+        with self._lock:
+            i = self._served.get(key, 0)
+            self._served[key] = i + 1
+        return key, i, steps[min(i, len(steps) - 1)]
+
+    def served(self, key: str) -> int:
+        with self._lock:
+            return self._served.get(key, 0)
+
+
+class ScriptedLLMServer:
+    """Runs the server in a background thread; `url` is its base address."""
+
+    def __init__(self, script: Script, latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0,
+                 model: str = "scripted"):
+        self.script = script
+        self.latency_s = latency_s
+        self.model = model
+        self.log: list[dict] = []
+        self._log_lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> ScriptedLLMServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> ScriptedLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def record(self, entry: dict) -> None:
+        with self._log_lock:
+            self.log.append(entry)
+
+
+def _prompt_of(messages) -> str:
+    parts = []
+    for m in messages or []:
+        content = m.get("content", "") if isinstance(m, dict) else ""
+        if isinstance(content, list):  # OpenAI content parts
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        parts.append(str(content))
+    return "\n".join(parts)
+
+
+def _handler(server: ScriptedLLMServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # keep test output clean
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj) -> None:
+            self._send(status, json.dumps(obj).encode())
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/") == "/v1/models":
+                self._json(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+            elif self.path.rstrip("/") == "/api/tags":
+                self._json(200, {"models": [{"name": server.model, "model": server.model}]})
+            else:
+                self._json(404, {"error": f"no route {self.path}"})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                self._json(400, {"error": "request body is not JSON"})
+                return
+            path = self.path.rstrip("/")
+            if path == "/api/show":
+                self._json(200, {"modelfile": "", "parameters": "", "template": "", "details": {}, "model_info": {}})
+                return
+            if path not in ("/v1/chat/completions", "/chat/completions", "/api/chat"):
+                self._json(404, {"error": f"no route {self.path}"})
+                return
+            prompt = _prompt_of(body.get("messages"))
+            key, index, step = server.script.next(prompt)
+            server.record({"path": path, "key": key, "index": index, "time": time.time(), "body": body})
+            time.sleep(server.latency_s if step.delay_s is None else step.delay_s)
+            if step.hang_s:
+                time.sleep(step.hang_s)
+                self.close_connection = True
+                return
+            if step.status != 200:
+                self._json(step.status, {"error": {"message": f"scripted {step.status}", "type": "server_error"}})
+                return
+            if step.malformed:
+                self._send(200, b'{"choices": [ this is not json')
+                return
+            tokens_in, tokens_out = len(prompt.split()), len(step.reply.split())
+            if path == "/api/chat":
+                self._ollama(body, step.reply, tokens_in, tokens_out)
+            else:
+                self._json(200, {
+                    "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
+                    "created": int(time.time()), "model": body.get("model", server.model),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": step.reply},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                              "total_tokens": tokens_in + tokens_out},
+                })
+
+        def _ollama(self, body: dict, reply: str, tokens_in: int, tokens_out: int) -> None:
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            final = {"model": body.get("model", server.model), "created_at": now,
+                     "message": {"role": "assistant", "content": reply if not body.get("stream") else ""},
+                     "done": True, "done_reason": "stop", "prompt_eval_count": tokens_in, "eval_count": tokens_out}
+            if not body.get("stream"):
+                self._json(200, final)
+                return
+            chunk = {"model": final["model"], "created_at": now, "message": {"role": "assistant", "content": reply},
+                     "done": False}
+            lines = (json.dumps(chunk) + "\n" + json.dumps(final) + "\n").encode()
+            self._send(200, lines, "application/x-ndjson")
+
+    return Handler
