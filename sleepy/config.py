@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sleepy.sandbox.judge import SandboxLimits
+
 STAGES = ("verify",)
 
 
@@ -16,24 +18,12 @@ class KoansConfig:
 
 
 @dataclass
-class LimitsConfig:
-    compile_s: float = 60.0
-    compile_memory_mb: int = 4096
-    run_s: float = 10.0
-    run_memory_mb: int = 1024
-    processes: int = 64
-    file_size_mb: int = 16
-    output_kb: int = 256
-    tmp_mb: int = 64
-
-
-@dataclass
 class SandboxConfig:
     edition: str = "2024"
     isolation: str = "auto"  # auto | bwrap | netns | none
     jobs: int | None = None  # None: one per core
     cache: bool = True
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
 
 
 @dataclass

@@ -118,7 +118,7 @@ def test_rustlings_checkout_without_exercises(tmp_path):
 
 def test_rustlings_exercise_file_missing(tmp_path):
     (tmp_path / "info.toml").write_text('[[exercises]]\nname = "ghost"\ndir = "01_x"\n')
-    assert_cli_error(tmp_path, "exercises/01_x/ghost.rs", "missing")
+    assert_cli_error(tmp_path, "exercises/01_x/ghost.rs", "no such file")
 
 
 def test_pack_without_koans(tmp_path):

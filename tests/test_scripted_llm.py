@@ -42,7 +42,8 @@ def test_openai_protocol_serves_the_script_in_order(server):
         post(url, {"model": "m", "messages": chat("bc_one")})
     assert err.value.code == 503
     for _ in range(2):  # the last step repeats
-        assert "fn main" in json.loads(post(url, {"model": "m", "messages": chat("bc_one")})[1])["choices"][0]["message"]["content"]
+        reply = json.loads(post(url, {"model": "m", "messages": chat("bc_one")})[1])
+        assert "fn main" in reply["choices"][0]["message"]["content"]
     assert server.script.served("bc_one") == 4
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sleepy.koans.model import Koan, KoanError, wrap_tests
+from sleepy.koans.model import Koan, KoanError, read_utf8, wrap_tests
 
 PROG = "sleepy-koans"
 
@@ -159,18 +159,9 @@ def cmd_verify(args) -> int:
     return 1 if report["failed"] else 0
 
 
-def read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise KoanError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise KoanError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-
-
 def cmd_judge(args) -> int:
-    code = read_text(args.file)
-    tests = read_text(args.tests) if args.tests else ""
+    code = read_utf8(args.file)
+    tests = read_utf8(args.tests) if args.tests else ""
     if tests and "#[cfg(test)]" not in tests:
         tests = wrap_tests(tests)
     v = _sandbox(args).judge(code, tests, args.mode)

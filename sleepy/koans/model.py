@@ -86,6 +86,18 @@ def _ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
 
 
+def read_utf8(path: Path) -> str:
+    """A file's text; a missing or non-UTF-8 file is one KoanError naming it."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise KoanError(f"{relpath(path)}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise KoanError(f"{relpath(path)}: not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise KoanError(f"{relpath(path)}: cannot read ({e.strerror})") from None
+
+
 def relpath(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))

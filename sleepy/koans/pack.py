@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sleepy.koans import lock
-from sleepy.koans.model import SPLITS, Koan, KoanError, relpath, shape_similarity, wrap_tests
+from sleepy.koans.model import SPLITS, Koan, KoanError, read_utf8, relpath, shape_similarity, wrap_tests
 
 BUILTIN = Path(__file__).resolve().parents[2] / "koans"
 REQUIRED = ("id", "family", "split", "title", "expected_errors", "code", "solution", "tests")
@@ -70,12 +70,7 @@ def load_pack(path: str | Path | None = None, check_lock: bool = True) -> Pack:
 
 def read_toml(path: Path) -> dict:
     """Parse a TOML file; any problem is one KoanError naming the file."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise KoanError(f"{relpath(path)}: not valid UTF-8 (byte {e.start})") from None
-    except OSError as e:
-        raise KoanError(f"{relpath(path)}: cannot read ({e.strerror})") from None
+    text = read_utf8(path)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sleepy.koans.model import Koan, KoanError, relpath
+from sleepy.koans.model import Koan, KoanError, read_utf8, relpath
 
 _TEST_MODULE = re.compile(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{")
 _EXERCISE_KEYS = {"name", "dir", "test", "hint", "skip_check_unsolved", "strict_clippy"}
@@ -34,8 +34,8 @@ def load_rustlings(root: Path):
             raise KoanError(f"{where}: duplicate exercise name '{name}'")
         seen.add(name)
         rel = Path(sub, f"{name}.rs")
-        exercise = read_source(root / "exercises" / rel)
-        solution = read_source(root / "solutions" / rel)
+        exercise = read_utf8(root / "exercises" / rel)
+        solution = read_utf8(root / "solutions" / rel)
         code, tests = split_tests(exercise)
         fixed, _ = split_tests(solution)
         run_tests = bool(ex.get("test", True))
@@ -49,15 +49,6 @@ def load_rustlings(root: Path):
         ))
     families = {k.family: f"rustlings {k.family}" for k in koans}
     return Pack(str(info.get("name", root.name)), root, koans, families)
-
-
-def read_source(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise KoanError(f"{relpath(path)}: missing (named by info.toml)") from None
-    except UnicodeDecodeError as e:
-        raise KoanError(f"{relpath(path)}: not valid UTF-8 (byte {e.start})") from None
 
 
 def split_tests(source: str) -> tuple[str, str]:

@@ -47,8 +47,10 @@ class Program:
         return f"{self.code.rstrip()}\n\n{self.tests.strip()}\n" if self.tests.strip() else self.code
 
 
-@dataclass(frozen=True)
+@dataclass
 class SandboxLimits:
+    """Limits of the compile step and of the run step (also the `sandbox.limits` config schema)."""
+
     compile_s: float = 60.0
     compile_memory_mb: int = 4096
     run_s: float = 10.0
@@ -90,9 +92,9 @@ class Sandbox:
 
     def __init__(self, edition: str = "2024", isolation_level: str = "auto", jobs: int | None = None,
                  cache_dir: str | Path | None = None, use_cache: bool = True,
-                 limits: SandboxLimits = SandboxLimits()):
+                 limits: SandboxLimits | None = None):
         self.edition = str(edition)
-        self.limits = limits
+        self.limits = limits or SandboxLimits()
         self.jobs = max(1, jobs or default_jobs())
         self.isolation = isolation.detect(isolation_level)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
