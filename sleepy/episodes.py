@@ -68,7 +68,12 @@ def schema():
     return pa.schema([(name, types[name]) for name in Episode.__dataclass_fields__])
 
 
-def _quote(value: str) -> str:
+def _literal(value) -> str:
+    """A SQL literal for a filter value."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
     return "'" + str(value).replace("'", "''") + "'"
 
 
@@ -119,7 +124,7 @@ class EpisodeStore:
             self._table.checkout(version)
         try:
             query = self._table.search()
-            clauses = [f"{k} = {v if isinstance(v, int) else _quote(v)}" for k, v in where.items() if v is not None]
+            clauses = [f"{k} = {_literal(v)}" for k, v in where.items() if v is not None]
             if clauses:
                 query = query.where(" AND ".join(clauses))
             arrow = query.limit(None).to_arrow()

@@ -51,9 +51,9 @@ def load_rustlings(root: Path):
     return Pack(str(info.get("name", root.name)), root, koans, families)
 
 
-def split_tests(source: str) -> tuple[str, str]:
-    """Split `#[cfg(test)] mod tests { ... }` out of a source file: (code without it, the module)."""
-    m = _TEST_MODULE.search(source)
+def split_tests(source: str, name: str = r"\w+") -> tuple[str, str]:
+    """Split `#[cfg(test)] mod <name> { ... }` out of a source file: (code without it, the module)."""
+    m = re.compile(_TEST_MODULE.pattern.replace(r"\w+", name)).search(source)
     if not m:
         return source, ""
     end = _matching_brace(source, m.end() - 1)

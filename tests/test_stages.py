@@ -1,0 +1,174 @@
+"""Day and eval stages end to end: the scripted LLM server, the runner, LanceDB episodes, MLflow metrics."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+from sleepy.episodes import EpisodeStore
+from sleepy.koans import load_pack
+from sleepy.metrics import wilson
+from sleepy.scripted_llm import Script, ScriptedLLMServer, Step
+
+PACK = load_pack()
+K1, K2, K3 = PACK.select("type_mismatch", "eval", count=3)
+
+
+def fix(code):
+    return Step(reply=f"Here is the fix:\n```rust\n{code}\n```\n")
+
+
+def sleepy(tmp_path, server, *overrides, protocol="openai", check=True, popen=False):
+    api = f"{server.url}/v1" if protocol == "openai" else server.url
+    flags = [o for o in overrides if o.startswith("-")]
+    overrides = [o for o in overrides if not o.startswith("-")]
+    args = [sys.executable, "-m", "sleepy", *flags, "stage=eval", f"model={protocol}", "model.name=scripted",
+            f"model.api_base={api}", "model.retries=1", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            f"episodes.uri={tmp_path}/episodes", "experiment_name=scripted", "koans=type_mismatch", "koans.count=3",
+            "agent.max_attempts=2", f"hydra.run.dir={tmp_path}/runs/{time.time_ns()}", *overrides]
+    env = dict(os.environ, SLEEPY_CACHE_DIR=str(tmp_path / "cache"))
+    if popen:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def runs(tmp_path, experiment="scripted"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def metric_at(client, run_id, key, step):
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}[step]
+
+
+def test_two_scripted_cycles_give_the_metrics_computed_by_hand(tmp_path):
+    # cycle 0: K1 passes at 1; K2 fails twice with its own error; K3 passes at 2.
+    cycle0 = Script({K1.title: [fix(K1.solution)], K2.title: [fix(K2.code)], K3.title: [fix(K3.code), fix(K3.solution)]})
+    with ScriptedLLMServer(cycle0) as server:
+        sleepy(tmp_path, server, "cycle=0")
+    # cycle 1: K1 now fails (a regression); K2 fails again with the same signature (a repeat); K3 passes at 1.
+    cycle1 = Script({K1.title: [fix(K1.code)], K2.title: [fix(K2.code)], K3.title: [fix(K3.solution)]})
+    with ScriptedLLMServer(cycle1) as server:
+        sleepy(tmp_path, server, "cycle=1", protocol="ollama")
+    client, (run0, run1) = runs(tmp_path)
+    for run in (run0, run1):
+        assert run.info.status == "FINISHED"
+    r0, r1 = run0.info.run_id, run1.info.run_id
+    _, lo0, hi0 = wilson(2, 3)
+    assert metric_at(client, r0, "eval/pass_rate", 0) == pytest.approx(2 / 3)
+    assert (metric_at(client, r0, "eval/pass_rate_lo", 0), metric_at(client, r0, "eval/pass_rate_hi", 0)) == \
+        pytest.approx((0.2077, 0.9385), abs=1e-4) == (lo0, hi0)
+    assert metric_at(client, r0, "eval/median_steps", 0) == 1.5
+    assert metric_at(client, r1, "eval/pass_rate", 1) == pytest.approx(1 / 3)
+    assert (metric_at(client, r1, "eval/pass_rate_lo", 1), metric_at(client, r1, "eval/pass_rate_hi", 1)) == \
+        pytest.approx((0.0615, 0.7923), abs=1e-4)
+    assert metric_at(client, r1, "eval/median_steps", 1) == 1.0
+    assert metric_at(client, r1, "eval/repeat_error_rate", 1) == 1.0  # K2, the one failure at cycle 0, repeats
+    assert metric_at(client, r1, "eval/regressions", 1) == 1.0  # K1
+    assert metric_at(client, r1, "eval/pass_rate/type_mismatch", 1) == pytest.approx(1 / 3)
+    assert metric_at(client, r1, "eval/mcnemar_p", 1) == 1.0  # one discordant koan is no effect
+    params = run1.data.params
+    assert params["model.provider"] == "ollama" and params["cycle"] == "1" and params["agent.max_attempts"] == "2"
+    assert run1.data.tags["hydra.choice.model"] == "ollama" and "git.commit" in run1.data.tags
+    artifacts = {a.path for a in client.list_artifacts(r1)}
+    assert {"episodes", "hydra"} <= artifacts
+    episodes = EpisodeStore(tmp_path / "episodes").frame(run_id=r1)
+    assert episodes.height == 2 + 2 + 1 and set(episodes["split"]) == {"eval"}
+
+
+def test_model_errors_become_failed_attempts_not_crashes(tmp_path):
+    script = Script({K1.title: [Step(status=503)], K2.title: [Step(malformed=True)], K3.title: [fix(K3.solution)]})
+    with ScriptedLLMServer(script) as server:
+        sleepy(tmp_path, server)
+    client, (run,) = runs(tmp_path)
+    episodes = EpisodeStore(tmp_path / "episodes").frame(run_id=run.info.run_id)
+    errors = episodes.filter(episodes["reason"] == "model_error")
+    assert sorted(set(errors["koan_id"])) == sorted([K1.id, K2.id]) and errors.height == 4
+    assert "ServiceUnavailable" in errors.filter(errors["koan_id"] == K1.id)["signature"][0] or \
+        "503" in errors.filter(errors["koan_id"] == K1.id)["diagnostics"][0]
+    assert metric_at(client, run.info.run_id, "eval/pass_rate", 0) == pytest.approx(1 / 3)
+    assert metric_at(client, run.info.run_id, "eval/model_errors", 0) == 4
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path):
+    with ScriptedLLMServer(Script()) as server:
+        url = server.url
+    r = subprocess.run([sys.executable, "-m", "sleepy", "stage=eval", "model=openai", "model.name=x",
+                        f"model.api_base={url}/v1", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                        f"episodes.uri={tmp_path}/episodes", f"hydra.run.dir={tmp_path}/run"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "cannot reach the openai server" in r.stderr and url in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigkill_mid_stage_then_resume_loses_and_duplicates_nothing(tmp_path):
+    koans = PACK.select(["type_mismatch", "lifetimes"], "eval", count=4)
+    script = Script({k.title: [fix(k.code), fix(k.solution)] if i % 2 else [fix(k.solution)]
+                     for i, k in enumerate(koans)})
+    overrides = ("koans=all", "koans.families=[type_mismatch,lifetimes]", "koans.count=4", "model.concurrency=2")
+    with ScriptedLLMServer(script, latency_s=0.4) as server:
+        proc = sleepy(tmp_path, server, *overrides, popen=True)
+        store_dir = tmp_path / "episodes"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if store_dir.exists() and EpisodeStore(store_dir).frame().height:
+                break
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        first = EpisodeStore(store_dir).frame()
+        run_id = first["run_id"][0]
+        kept = set(first["koan_id"])
+        assert 0 < len(kept) < len(koans)
+        r = sleepy(tmp_path, server, *overrides, f"run_id={run_id}")
+        assert f"resumed: {len(kept)} koans kept" in r.stdout.replace("\n", " ")
+    episodes = EpisodeStore(store_dir).frame(run_id=run_id)
+    assert sorted(set(episodes["koan_id"])) == sorted(k.id for k in koans)
+    assert episodes.group_by(["koan_id", "attempt"]).len()["len"].max() == 1
+    for koan_id, attempts, passed in episodes.group_by("koan_id").agg("attempt", "passed").iter_rows():
+        assert attempts == list(range(1, len(attempts) + 1)) and passed[-1], koan_id
+    client, all_runs = runs(tmp_path)
+    assert [run.info.status for run in all_runs] == ["FINISHED"]
+    assert metric_at(client, run_id, "eval/pass_rate", 0) == 1.0
+
+
+def test_a_killed_run_is_marked_killed_by_the_next_job(tmp_path):
+    script = Script({k.title: [fix(k.solution)] for k in (K1, K2, K3)})
+    with ScriptedLLMServer(script, latency_s=2.0) as server:
+        proc = sleepy(tmp_path, server, popen=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "mlflow.db").exists():
+            time.sleep(0.1)
+        time.sleep(8)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        server.latency_s = 0
+        sleepy(tmp_path, server)
+    _, (killed, finished) = runs(tmp_path)
+    assert (killed.info.status, finished.info.status) == ("KILLED", "FINISHED")
+
+
+@pytest.mark.slow
+def test_joblib_multirun_lands_four_runs_and_every_episode(tmp_path):
+    script = Script({k.title: [fix(k.solution)] for k in (K1, K2, K3)})  # order-free: jobs share the server
+    with ScriptedLLMServer(script, latency_s=0.05) as server:
+        r = sleepy(tmp_path, server, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=0,1,2,3",
+                   f"hydra.sweep.dir={tmp_path}/multirun")
+    client, all_runs = runs(tmp_path)
+    assert len(all_runs) == 4 and {run.info.status for run in all_runs} == {"FINISHED"}
+    assert sorted(run.data.params["seed"] for run in all_runs) == ["0", "1", "2", "3"]
+    episodes = EpisodeStore(tmp_path / "episodes").frame()
+    assert episodes.height == 4 * 3
+    assert episodes.group_by("run_id").len()["len"].to_list() == [3, 3, 3, 3]
+    assert set(episodes["run_id"]) == {run.info.run_id for run in all_runs}
+    assert r.returncode == 0
