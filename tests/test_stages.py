@@ -172,3 +172,61 @@ def test_joblib_multirun_lands_four_runs_and_every_episode(tmp_path):
     assert episodes.group_by("run_id").len()["len"].to_list() == [3, 3, 3, 3]
     assert set(episodes["run_id"]) == {run.info.run_id for run in all_runs}
     assert r.returncode == 0
+    rc = subprocess.run([sys.executable, "-m", "sleepy.report", "--experiment", "scripted", "--tracking-uri",
+                         f"sqlite:///{tmp_path}/mlflow.db", "--json"], capture_output=True, text=True, cwd=ROOT)
+    report = __import__("json").loads(rc.stdout)
+    assert report["varying"] == [] and [r["n_runs"] for r in report["rows"]] == [4]
+    assert report["rows"][0]["metrics"]["eval/pass_rate"]["mean"] == 1.0
+
+
+def test_day_stage_on_the_tiny_model_runs_offline(tmp_path):
+    env = dict(os.environ, SLEEPY_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "sleepy", "stage=day", "model=tiny", "koans=borrow_checker",
+                        "koans.count=2", "agent.max_tokens=24", "agent.max_attempts=2",
+                        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"episodes.uri={tmp_path}/episodes",
+                        f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    client, (run,) = runs(tmp_path, "sleepy")
+    assert run.info.status == "FINISHED" and run.data.params["model.backend"] == "tiny"
+    assert metric_at(client, run.info.run_id, "day/koans", 0) == 2
+    episodes = EpisodeStore(tmp_path / "episodes").frame()
+    assert set(episodes["split"]) == {"train"} and set(episodes["model"]) == {"tiny"}
+    assert (episodes["tokens_out"] > 0).all() and (episodes["tokens_out"] <= 24).all()
+
+
+@pytest.mark.parametrize("override,key", [("model.backend=gpt", "model.backend"), ("agent.prompt=clever", "agent.prompt"),
+                                          ("stage=night", "stage")])
+def test_bad_choices_name_the_key_and_the_options(tmp_path, override, key):
+    r = subprocess.run([sys.executable, "-m", "sleepy", override, f"hydra.run.dir={tmp_path}/run"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and key in r.stderr and "valid:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_mistyped_agent_key_is_named(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sleepy", "agent.max_attempt=3"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "max_attempt" in r.stderr and "AgentConfig" in r.stderr
+
+
+def test_samples_give_pass_at_k(tmp_path):
+    script = Script({K1.title: [fix(K1.code), fix(K1.solution), fix(K1.code)]})
+    with ScriptedLLMServer(script) as server:
+        sleepy(tmp_path, server, "koans.count=1", "agent.samples=3", "agent.max_attempts=1")
+    client, (run,) = runs(tmp_path)
+    assert metric_at(client, run.info.run_id, "eval/pass_at_1", 0) == pytest.approx(1 / 3)
+    assert metric_at(client, run.info.run_id, "eval/pass_at_2", 0) == pytest.approx(2 / 3)
+    episodes = EpisodeStore(tmp_path / "episodes").frame()
+    assert sorted(episodes["sample"].to_list()) == [0, 1, 2]
+
+
+def test_memory_strategy_retrieves_train_fixes_from_earlier_days(tmp_path):
+    a, b = PACK.select("borrow_checker", "train", count=2)
+    day0 = Script({a.title: [fix(a.code), fix(a.solution)], b.title: [fix(b.solution)]})
+    common = ("stage=day", "koans=borrow_checker", "koans.count=2", "agent.prompt=memory")
+    with ScriptedLLMServer(day0) as server:
+        sleepy(tmp_path, server, *common, "cycle=0")
+    day1 = Script({a.title: [fix(a.solution)], b.title: [fix(b.solution)]})
+    with ScriptedLLMServer(day1) as server:
+        sleepy(tmp_path, server, *common, "cycle=1")
+        prompts = [e["body"]["messages"][-1]["content"] for e in server.log]
+    assert any("Similar errors fixed before" in p and a.solution.strip().splitlines()[0] in p for p in prompts)

@@ -1,0 +1,155 @@
+"""In-process transformers backend: a causal LM with optional peft LoRA adapters, batched greedy or sampled decoding."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from sleepy.models.base import Generation, Messages, ModelLoadError, SamplingParams
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids downloads (read at call time, so a test or CLI can set it late)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+@contextmanager
+def quiet_progress():
+    """Hide transformers' progress bars for loading and saving weights: noise in the runner's output."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
+def load_error_message(path_or_name: str, offline: bool, cause: BaseException) -> str:
+    """One message saying which model was looked for, where, why it failed and what to use instead."""
+    local = Path(path_or_name).expanduser()
+    first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if local.exists() or path_or_name.startswith((".", "/", "~")):
+        where, reason = f"the local directory {local}", first_line if local.exists() else "it does not exist"
+    else:
+        from huggingface_hub import constants
+
+        where, reason = f"the Hugging Face cache {constants.HF_HUB_CACHE}", first_line
+    return (f"cannot load model '{path_or_name}' from {where}: {reason[:300].rstrip('.')}. "
+            + ("HF_HUB_OFFLINE is set, so nothing can be downloaded. " if offline else "")
+            + "Use model=tiny for offline runs, or set model.path to a local directory holding the weights.")
+
+
+class HFBackend:
+    """A transformers causal LM loaded once; serves batches of chat prompts, with or without a LoRA adapter.
+
+    SamplingParams set do_sample/temperature/top_p/max_new_tokens; other decoding defaults the model ships in its
+    generation_config (top_k, repetition_penalty) still apply, as they would on a serving stack.
+    """
+
+    def __init__(self, path_or_name: str, name: str | None = None, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 8, seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = name or path_or_name
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        self.batch_size = batch_size
+        self.seed = seed
+        torch_dtype = getattr(torch, dtype)
+        offline = hub_offline()
+        try:
+            with quiet_progress():
+                self.tokenizer = AutoTokenizer.from_pretrained(path_or_name, local_files_only=offline)
+                model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=torch_dtype,
+                                                             local_files_only=offline)
+        except Exception as e:
+            raise ModelLoadError(load_error_message(path_or_name, offline, e)) from e
+        self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = model.to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = {*(eos if isinstance(eos, list) else [eos]), self.tokenizer.eos_token_id} - {None}
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the loaded LoRA adapters."""
+        return list(getattr(self.model, "peft_config", {}))
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a peft LoRA directory under `name`; a name already loaded is replaced."""
+        from peft import PeftModel
+
+        try:
+            if not isinstance(self.model, PeftModel):
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            else:
+                if name in self.adapters:
+                    with warnings.catch_warnings():  # peft warns when the active adapter goes; it is replaced next
+                        warnings.simplefilter("ignore")
+                        self.model.delete_adapter(name)
+                self.model.load_adapter(str(path), adapter_name=name)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load LoRA adapter '{name}' from {path}: {e}") from e
+        self.model.eval()
+
+    def _adapter_context(self, adapter: str | None):
+        """Activate `adapter`, or switch all adapters off for the base model."""
+        if adapter is None:
+            return self.model.disable_adapter() if self.adapters else nullcontext()
+        if adapter not in self.adapters:
+            raise ValueError(f"unknown adapter '{adapter}' (loaded: {', '.join(self.adapters) or 'none'})")
+        self.model.set_adapter(adapter)
+        return nullcontext()
+
+    def generate(self, prompts: list[Messages], params: SamplingParams | list[SamplingParams],
+                 adapter: str | None = None) -> list[Generation]:
+        import torch
+
+        if isinstance(params, list):  # one batch, one seed: rows of a sampled batch differ anyway
+            params = params[0] if params else SamplingParams()
+
+        context = self._adapter_context(adapter)
+        texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        # Batch prompts of similar length together: less padding, same results per batch seed.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[Generation | None] = [None] * len(texts)
+        sample = params.temperature > 0
+        decoding = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p) if sample \
+            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with context, torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
+                                     add_special_tokens=False).to(self.device)
+                torch.manual_seed(hash((self.seed, params.seed, start)) & 0xFFFF_FFFF)  # int-tuple hashes are stable
+                began = time.perf_counter()
+                ids = self.model.generate(**enc, max_new_tokens=params.max_tokens,
+                                          pad_token_id=self.tokenizer.pad_token_id, **decoding)
+                latency = (time.perf_counter() - began) * 1000 / len(batch)
+                new = ids[:, enc["input_ids"].shape[1]:].tolist()
+                for row, i in enumerate(batch):
+                    n = next((k + 1 for k, t in enumerate(new[row]) if t in self.eos_ids), len(new[row]))
+                    out[i] = Generation(text=self.tokenizer.decode(new[row][:n], skip_special_tokens=True),
+                                        tokens_in=int(enc["attention_mask"][row].sum()), tokens_out=n,
+                                        latency_ms=latency)
+        return out
+
+    def close(self) -> None:
+        """Free the model (and its GPU memory)."""
+        import gc
+
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
