@@ -1,6 +1,6 @@
 """MLflow: one run per Hydra job, the flattened config as params, metrics with step = cycle, artifacts.
 
-The default store is `sqlite:///<repo>/mlruns/mlflow.db` with artifacts under `mlruns/artifacts`
+The default store is `sqlite:///<repo>/mlruns/mlflow.db` with artifacts beside it, `mlruns/artifacts`
 (current MLflow refuses the plain file store). A run that dies without ending is marked KILLED by
 the next job that opens the experiment on the same host, so no run stays RUNNING forever.
 """
@@ -61,8 +61,8 @@ class Tracker:
         if found is not None:
             return found.experiment_id
         location = artifact_root
-        if location is None and self.uri.startswith("sqlite:///"):
-            location = (ROOT / "mlruns" / "artifacts").as_uri()
+        if location is None and self.uri.startswith("sqlite:///"):  # artifacts beside the store
+            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except Exception:  # noqa: BLE001 - a parallel job created it first
