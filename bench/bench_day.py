@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sleepy.agent import AgentSettings, StageContext, attempt_koans
+from sleepy.agent import StageContext, attempt_koans
+from sleepy.config import AgentConfig
 from sleepy.episodes import EpisodeStore
 from sleepy.koans import load_pack
 from sleepy.models.base import SamplingParams
@@ -47,7 +48,7 @@ def main() -> None:
             backend.generate([[{"role": "user", "content": "warm up"}]], SamplingParams())  # import litellm outside the clock
             ctx = StageContext("bench", "bench", 0, "day", "scripted")
             start = time.perf_counter()
-            attempt_koans(koans, backend, sandbox, AgentSettings(max_attempts=3), ctx,
+            attempt_koans(koans, backend, sandbox, AgentConfig(max_attempts=3), ctx,
                           lambda koan, episodes: store.add_koan(episodes))
             actual = time.perf_counter() - start
             calls = len(server.log) - 1

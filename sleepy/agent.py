@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sleepy.config import AgentConfig
 from sleepy.episodes import Episode
 from sleepy.koans.model import Koan
 from sleepy.models.base import Generation, SamplingParams
@@ -26,17 +27,6 @@ SYSTEM = ("You are an expert Rust programmer. You fix Rust programs so that they
           "and pass their tests. Reply with the complete fixed program in one ```rust code block.")
 DIAGNOSTICS_CHARS = 3000
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    max_attempts: int = 3
-    temperature: float = 0.2
-    max_tokens: int = 1024
-    samples: int = 1
-    history: bool = False
-    prompt: str = "plain"
-    memory_k: int = 3
 
 
 @dataclass
@@ -107,7 +97,7 @@ def explain(code: str) -> str:
     return out.strip()[:1500]
 
 
-def build_prompt(chain: Chain, settings: AgentSettings, examples: list[tuple[str, str]] = ()) -> list[dict]:
+def build_prompt(chain: Chain, settings: AgentConfig, examples: list[tuple[str, str]] = ()) -> list[dict]:
     """The chat prompt for the next attempt: code, diagnostics, the koan's tests; more by strategy."""
     k = chain.koan
     parts = [f"Task: {k.title}\n\nFix this Rust program:\n```rust\n{chain.code.rstrip()}\n```",
@@ -132,7 +122,7 @@ def _seed(base: int, koan_id: str, sample: int, attempt: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentSettings, ctx: StageContext,
+def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ctx: StageContext,
                   on_done: Callable[[Koan, list[Episode]], None],
                   memory: Callable[[str], list[tuple[str, str]]] | None = None,
                   on_round: Callable[[int, int], None] | None = None) -> None:
@@ -172,7 +162,7 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentSettings, 
 
 
 def _episode(ctx: StageContext, chain: Chain, attempt: int, prompt, gen: Generation, code: str, v: Verdict,
-             settings: AgentSettings, params: SamplingParams) -> Episode:
+             settings: AgentConfig, params: SamplingParams) -> Episode:
     k = chain.koan
     return Episode(
         run_id=ctx.run_id, experiment=ctx.experiment, cycle=ctx.cycle, stage=ctx.stage, koan_id=k.id,

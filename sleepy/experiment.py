@@ -68,7 +68,8 @@ def attempt_stage(cfg) -> float:
     """day or eval: attempt the stage's koans, record episodes, log metrics at step = cycle."""
     from omegaconf import OmegaConf
 
-    from sleepy.agent import AgentSettings, StageContext, attempt_koans
+    from sleepy.agent import StageContext, attempt_koans
+    from sleepy.config import AgentConfig
     from sleepy.episodes import EpisodeStore
     from sleepy.models import make_backend
     from sleepy.tracking import Tracker, flatten
@@ -77,7 +78,7 @@ def attempt_stage(cfg) -> float:
     koans = select_koans(cfg, STAGE_SPLIT[stage])
     if not koans:
         raise ValueError(f"no {STAGE_SPLIT[stage]} koans selected (koans.families={cfg.koans.families})")
-    settings = AgentSettings(**OmegaConf.to_container(cfg.agent))
+    settings = AgentConfig(**OmegaConf.to_container(cfg.agent))
     tracker = Tracker(cfg.tracking.uri, cfg.experiment_name, cfg.tracking.artifact_root)
     run_id = tracker.start(cfg.run_id, run_name=_run_name(cfg))
     signal.signal(signal.SIGTERM, _terminate)

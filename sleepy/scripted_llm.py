@@ -184,3 +184,46 @@ def _handler(server: ScriptedLLMServer):
             self._send(200, lines, "application/x-ndjson")
 
     return Handler
+
+
+def answer_script(answer: str) -> Script:
+    """A script for the builtin koans: every request for a koan (found by its title) gets its solution
+    (`solution`), its broken code (`broken`), or the broken code first and the solution next (`second`)."""
+    from sleepy.koans import load_pack
+
+    def reply(code: str) -> Step:
+        return Step(reply=f"```rust\n{code.rstrip()}\n```\n")
+
+    plans = {"solution": lambda k: [reply(k.solution)], "broken": lambda k: [reply(k.code)],
+             "second": lambda k: [reply(k.code), reply(k.solution)]}
+    return Script({k.title: plans[answer](k) for k in load_pack().koans})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m sleepy.scripted_llm: serve a script until interrupted."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m sleepy.scripted_llm", description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    ap.add_argument("--answer", choices=["solution", "broken", "second"], default="second",
+                    help="what each builtin koan gets (default: its broken code, then its solution)")
+    ap.add_argument("--script", help='a JSON file {"text in the prompt": [{"reply": "..."}, {"status": 503}, ...]}')
+    args = ap.parse_args(argv)
+    if args.script:
+        with open(args.script, encoding="utf-8") as f:
+            raw = json.load(f)
+        script = Script({key: [Step(**s) for s in steps] for key, steps in raw.items()})
+    else:
+        script = answer_script(args.answer)
+    server = ScriptedLLMServer(script, latency_s=args.latency, port=args.port)
+    print(f"scripted LLM server on {server.url} (OpenAI: {server.url}/v1, Ollama: {server.url})", flush=True)
+    try:
+        server._httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """Prompt, fix extraction and strategies of the agent."""
 
-from sleepy.agent import AgentSettings, Chain, build_prompt, extract_fix
+from sleepy.agent import Chain, build_prompt, extract_fix
+from sleepy.config import AgentConfig
 from sleepy.koans import load_pack
 
 KOAN = load_pack().select("borrow_checker", "train", count=1)[0]
@@ -27,7 +28,7 @@ def chain(sandbox):
 
 def test_plain_prompt_holds_code_diagnostics_and_tests(sandbox):
     c = chain(sandbox)
-    user = build_prompt(c, AgentSettings())[-1]["content"]
+    user = build_prompt(c, AgentConfig())[-1]["content"]
     assert KOAN.code.strip() in user and KOAN.tests.strip() in user
     assert c.verdict.errors[0].rendered.strip().splitlines()[0] in user
     assert "rustc --explain" not in user and "Earlier attempts" not in user
@@ -35,7 +36,7 @@ def test_plain_prompt_holds_code_diagnostics_and_tests(sandbox):
 
 def test_explain_prompt_adds_the_rustc_explanation(sandbox):
     c = chain(sandbox)
-    user = build_prompt(c, AgentSettings(prompt="explain"))[-1]["content"]
+    user = build_prompt(c, AgentConfig(prompt="explain"))[-1]["content"]
     code = c.verdict.error_codes[0]
     assert f"About {code}:" in user and "Erroneous code example" in user
 
@@ -43,11 +44,11 @@ def test_explain_prompt_adds_the_rustc_explanation(sandbox):
 def test_history_shows_earlier_failed_attempts(sandbox):
     c = chain(sandbox)
     c.history.append(("fn first_try() {}\n", "error[E0425]: cannot find function"))
-    assert "fn first_try" in build_prompt(c, AgentSettings(history=True))[-1]["content"]
-    assert "fn first_try" not in build_prompt(c, AgentSettings(history=False))[-1]["content"]
+    assert "fn first_try" in build_prompt(c, AgentConfig(history=True))[-1]["content"]
+    assert "fn first_try" not in build_prompt(c, AgentConfig(history=False))[-1]["content"]
 
 
 def test_memory_prompt_shows_retrieved_examples(sandbox):
     c = chain(sandbox)
-    user = build_prompt(c, AgentSettings(prompt="memory"), [("error[E0382]: use of moved", "fn remembered() {}\n")])
+    user = build_prompt(c, AgentConfig(prompt="memory"), [("error[E0382]: use of moved", "fn remembered() {}\n")])
     assert "Similar errors fixed before" in user[-1]["content"] and "fn remembered" in user[-1]["content"]

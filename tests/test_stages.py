@@ -230,3 +230,46 @@ def test_memory_strategy_retrieves_train_fixes_from_earlier_days(tmp_path):
         sleepy(tmp_path, server, *common, "cycle=1")
         prompts = [e["body"]["messages"][-1]["content"] for e in server.log]
     assert any("Similar errors fixed before" in p and a.solution.strip().splitlines()[0] in p for p in prompts)
+
+
+def test_the_real_model_without_local_weights_is_one_clear_error(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    r = subprocess.run([sys.executable, "-m", "sleepy", "stage=eval", "model=qwen2.5-coder-1.5b",
+                        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"episodes.uri={tmp_path}/episodes",
+                        f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "Qwen/Qwen2.5-Coder-1.5B-Instruct" in r.stderr and "model=tiny" in r.stderr
+    client, (run,) = runs(tmp_path, "sleepy")
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_readme_flow_served_script_eval_and_a_three_seed_sweep_compared(tmp_path):
+    """The scripted server as a process, a 3-seed x 2-strategy sweep on the basic launcher, sleepy-report."""
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "sleepy.scripted_llm", "--port", str(port), "--answer", "second"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "scripted LLM server on" in server.stdout.readline()
+        r = subprocess.run([sys.executable, "-m", "sleepy", "-m", "stage=eval", "model=openai", "model.name=scripted",
+                            f"model.api_base=http://127.0.0.1:{port}/v1", "koans.count=1", "agent.prompt=plain,explain",
+                            "seed=0,1,2", "experiment_name=readme", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                            f"episodes.uri={tmp_path}/episodes", f"hydra.sweep.dir={tmp_path}/multirun"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        server.terminate()
+        server.wait()
+    r = subprocess.run([sys.executable, "-m", "sleepy.report", "--experiment", "readme", "--tracking-uri",
+                        f"sqlite:///{tmp_path}/mlflow.db", "--json"], cwd=ROOT, capture_output=True, text=True)
+    report = json.loads(r.stdout)
+    assert report["varying"] == ["agent.prompt"]
+    assert [(row["config"]["agent.prompt"], row["n_runs"]) for row in report["rows"]] == [("explain", 3), ("plain", 3)]
+    for row in report["rows"]:
+        assert row["metrics"]["eval/pass_rate"]["mean"] == 1.0  # the server's second answer is always the fix
+        assert 1.0 <= row["metrics"]["eval/median_steps"]["mean"] <= 2.0
