@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from sleepy.sandbox.judge import SandboxLimits
 
-STAGES = ("verify", "day", "eval")
+STAGES = ("verify", "day", "eval", "cycle")
 
 
 @dataclass
@@ -66,6 +66,39 @@ class EpisodesConfig:
 
 
 @dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"])
+    mode: str = "new"  # new: a fresh adapter on every night's examples so far; continue: keep training the last one
+
+
+@dataclass
+class TeacherConfig:
+    provider: str | None = None  # openai | ollama | vllm: a served model for `teacher` targets
+    name: str | None = None
+    api_base: str | None = None
+    api_key: str | None = None
+
+
+@dataclass
+class NightConfig:
+    enabled: bool = True  # false: no training (e.g. the memory experiment)
+    targets: list[str] = field(default_factory=lambda: ["self", "reference"])  # tried in this order per koan
+    self_samples: int = 4  # self: samples drawn per failed koan (rejection sampling)
+    self_temperature: float = 0.8
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    replay: float = 0.0  # earlier successes mixed in, as a fraction of the night's new examples
+    steps: int = 100
+    lr: float = 2e-4
+    batch_size: int = 4
+    max_length: int = 4096
+    trainer: str = "peft"  # peft (CPU or GPU); auto = peft (unsloth is not wired in yet)
+
+
+@dataclass
 class Config:
     koans: KoansConfig = field(default_factory=KoansConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
@@ -73,7 +106,11 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     episodes: EpisodesConfig = field(default_factory=EpisodesConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    night: NightConfig = field(default_factory=NightConfig)
     stage: str = "verify"
+    cycles: int = 2  # stage=cycle: day/night/eval rounds after the cycle-0 baseline eval
+    adapters_dir: str | None = None  # where nights save adapters (<dir>/<run id>/cycle<N>); None: mlruns/adapters
     seed: int = 0
     cycle: int = 0
     run_id: str | None = None  # an MLflow run id to resume; None: a new run
@@ -87,6 +124,8 @@ CHOICES = {
     "model.backend": ("tiny", "hf", "litellm"),
     "model.provider": (None, "openai", "ollama", "vllm"),
     "agent.prompt": ("plain", "explain", "memory"),
+    "lora.mode": ("new", "continue"),
+    "night.trainer": ("peft", "auto"),
 }
 
 

@@ -28,6 +28,8 @@ def run(cfg) -> float | None:
         check_choices(cfg)
         if cfg.stage == "verify":
             return verify(cfg)
+        if cfg.stage == "cycle":
+            return cycle(cfg)
         return attempt_stage(cfg)
     except (KoanError, ValueError, ModelLoadError) as e:
         print(f"sleepy: error: {e}", file=sys.stderr)
@@ -65,57 +67,233 @@ def verify(cfg) -> float:
 
 
 def attempt_stage(cfg) -> float:
-    """day or eval: attempt the stage's koans, record episodes, log metrics at step = cycle."""
-    from omegaconf import OmegaConf
+    """stage=day|eval alone: attempt the stage's koans at cycle `cycle` (with that cycle's adapter when
+    an earlier cycle job of this run trained one)."""
+    with Job(cfg) as job:
+        metrics = job.attempt(cfg.stage, int(cfg.cycle), job.adapter_for(cfg.stage, int(cfg.cycle)))
+        return metrics[f"{cfg.stage}/pass_rate"]
 
-    from sleepy.agent import StageContext, attempt_koans
-    from sleepy.config import AgentConfig
-    from sleepy.episodes import EpisodeStore
-    from sleepy.models import make_backend
-    from sleepy.tracking import Tracker, flatten
 
-    stage, cycle = cfg.stage, int(cfg.cycle)
-    koans = select_koans(cfg, STAGE_SPLIT[stage])
-    if not koans:
-        raise ValueError(f"no {STAGE_SPLIT[stage]} koans selected (koans.families={cfg.koans.families})")
-    settings = AgentConfig(**OmegaConf.to_container(cfg.agent))
-    tracker = Tracker(cfg.tracking.uri, cfg.experiment_name, cfg.tracking.artifact_root)
-    run_id = tracker.start(cfg.run_id, run_name=_run_name(cfg))
-    signal.signal(signal.SIGTERM, _terminate)
-    status = "FAILED"
-    try:
-        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-        tracker.set_tags(_hydra_tags())
-        store = EpisodeStore(cfg.episodes.uri or ROOT / "mlruns" / "episodes")
-        done = store.finished(run_id, stage, cycle)
+def cycle(cfg) -> float:
+    """The experiment: eval(0) with the base model, then `cycles` x [day -> night -> eval]."""
+    with Job(cfg) as job:
+        rows = [job.attempt("eval", 0, None)]
+        for c in range(1, int(cfg.cycles) + 1):
+            day = job.attempt("day", c, job.adapter_for("day", c))  # the adapter of the night before
+            night = job.night(c) if cfg.night.enabled else {}
+            rows.append(job.attempt("eval", c, job.adapter_for("eval", c)) | day | night)
+        print_cycles(rows, job.run_id, job.tracker.uri, cfg.experiment_name)
+        return rows[-1]["eval/pass_rate"]
+
+
+class Job:
+    """One Hydra job = one MLflow run, with its episode store, sandbox, model and adapters."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __enter__(self):
+        from omegaconf import OmegaConf
+
+        from sleepy.config import AgentConfig
+        from sleepy.episodes import EpisodeStore
+        from sleepy.koans import load_pack
+        from sleepy.tracking import Tracker, flatten
+
+        cfg = self.cfg
+        self.pack = load_pack(cfg.koans.pack)
+        self.settings = AgentConfig(**OmegaConf.to_container(cfg.agent))
+        self.tracker = Tracker(cfg.tracking.uri, cfg.experiment_name, cfg.tracking.artifact_root)
+        self.run_id = self.tracker.start(cfg.run_id, run_name=_run_name(cfg))
+        self.status = "FAILED"
+        signal.signal(signal.SIGTERM, _terminate)
+        self.tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+        self.tracker.set_tags(_hydra_tags())
+        self.store = EpisodeStore(cfg.episodes.uri or ROOT / "mlruns" / "episodes")
+        self.sandbox = make_sandbox(cfg)
+        self.adapters_root = Path(cfg.adapters_dir or ROOT / "mlruns" / "adapters") / self.run_id
+        self._backend = None
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None:
+            self.status = "FINISHED"
+        elif issubclass(kind, KeyboardInterrupt):
+            self.status = "KILLED"
+        if self._backend is not None:
+            self._backend.close()
+        self.tracker.end(self.status)
+        return False
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from sleepy.models import make_backend
+
+            self._backend = make_backend(self.cfg.model, seed=int(self.cfg.seed))
+        return self._backend
+
+    def koans(self, stage: str):
+        k = self.cfg.koans
+        koans = self.pack.select(family=k.families, split=STAGE_SPLIT[stage], count=k.count)
+        if not koans:
+            raise ValueError(f"no {STAGE_SPLIT[stage]} koans selected (koans.families={k.families})")
+        return koans
+
+    # -- day and eval ---------------------------------------------------------------------------
+    def attempt(self, stage: str, cycle: int, adapter: str | None) -> dict[str, float]:
+        """The agent attempts the stage's koans (those this run has not finished); metrics at step = cycle."""
+        from sleepy.agent import StageContext, attempt_koans
+
+        koans = self.koans(stage)
+        done = self.store.finished(self.run_id, stage, cycle)
         todo = [k for k in koans if k.id not in done]
-        sandbox = make_sandbox(cfg)
-        versions: list[int] = []
         if todo:
-            backend = make_backend(cfg.model, seed=int(cfg.seed))
-            ctx = StageContext(run_id, cfg.experiment_name, cycle, stage, cfg.model.name, None, int(cfg.seed))
-            memory = _memory(store, settings) if settings.prompt == "memory" else None
-            with _Progress(len(koans), len(done)) as progress:
+            ctx = StageContext(self.run_id, self.cfg.experiment_name, cycle, stage, self.cfg.model.name, adapter,
+                               int(self.cfg.seed))
+            memory = _memory(self.store, self.settings) if self.settings.prompt == "memory" else None
+            with _Progress(f"{stage} {cycle}", len(koans), len(done)) as progress:
                 def on_done(koan, episodes):
-                    versions.append(store.add_koan(episodes))
+                    self.store.add_koan(episodes)
                     progress.koan(any(e.passed for e in episodes), len(episodes))
 
-                attempt_koans(todo, backend, sandbox, settings, ctx, on_done, memory)
-            backend.close()
-        if settings.prompt == "memory" or stage == "day":
-            store.index_diagnostics()
-        metrics, table = stage_metrics(store, run_id, cfg.experiment_name, stage, cycle, settings)
-        tracker.log_metrics(metrics, step=cycle)
-        tracker.set_tags({f"episodes.version.{stage}.{cycle}": str(store.version()), "isolation": sandbox.isolation})
-        _log_artifacts(tracker, store, run_id, stage, cycle)
-        print_summary(table, stage, cycle, run_id, skipped=len(done))
-        status = "FINISHED"
-        return metrics[f"{stage}/pass_rate"]
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end(status)
+                attempt_koans(todo, self.backend, self.sandbox, self.settings, ctx, on_done, memory)
+        if self.settings.prompt == "memory" or stage == "day":
+            self.store.index_diagnostics()
+        metrics, table = stage_metrics(self.store, self.run_id, self.cfg.experiment_name, stage, cycle, self.settings)
+        self.tracker.log_metrics(metrics, step=cycle)
+        self.tracker.set_tags({f"episodes.version.{stage}.{cycle}": str(self.store.version()),
+                               "isolation": self.sandbox.isolation})
+        _log_artifacts(self.tracker, self.store, self.run_id, stage, cycle)
+        print_summary(table, stage, cycle, self.run_id, skipped=len(done), adapter=adapter)
+        return metrics
+
+    # -- night ----------------------------------------------------------------------------------
+    def adapter_dir(self, cycle: int) -> Path:
+        return self.adapters_root / f"cycle{cycle}"
+
+    def adapter_for(self, stage: str, cycle: int) -> str | None:
+        """The newest adapter a stage of this cycle uses (eval: this cycle's night; day: the night before),
+        loaded into the backend; None for the base model."""
+        last = cycle if stage == "eval" else cycle - 1
+        for c in range(last, 0, -1):
+            path = self.adapter_dir(c)
+            if (path / "DONE").exists():
+                name = f"cycle{c}"
+                if name not in self.backend.adapters:
+                    self.backend.load_adapter(name, str(path))
+                return name
+        return None
+
+    def night(self, cycle: int) -> dict[str, float]:
+        """Verified targets for the day's failed train koans (+ replay) -> LoRA -> adapter_<cycle>."""
+        from sleepy.night.dataset import build_examples, failed_koans
+
+        out = self.adapter_dir(cycle)
+        if (out / "DONE").exists():  # resumed: this night already trained its adapter
+            return {}
+        if not hasattr(self.backend, "load_adapter"):
+            raise ValueError(f"model '{self.cfg.model.name}' ({self.cfg.model.backend}) cannot serve adapters: "
+                             "a night stage needs model=tiny or an hf model (night.enabled=false for none)")
+        night = self.cfg.night
+        train = {k.id: k for k in self.koans("day")}
+        eval_ids = {k.id for k in self.pack.koans if k.split == "eval"}
+        day = self.store.frame(run_id=self.run_id, stage="day", cycle=cycle)
+        failed = failed_koans(day, train)
+        replay = _replay(self.store, self.run_id, cycle, train, night.replay, len(failed), int(self.cfg.seed))
+        teacher = _teacher(night.teacher)
+        examples, stats = build_examples(
+            failed, replay, list(night.targets), self.sandbox, eval_ids, backend=self.backend, teacher=teacher,
+            self_samples=night.self_samples, temperature=night.self_temperature, max_tokens=self.settings.max_tokens,
+            adapter=self.adapter_for("day", cycle))
+        earlier = _earlier_examples(self.adapters_root, cycle) if self.cfg.lora.mode == "new" else []
+        metrics = {f"night/{k}": float(v) for k, v in stats.items()}
+        metrics["night/examples"] = float(len(examples) + len(earlier))
+        if not examples and not earlier:
+            self.tracker.log_metrics(metrics, step=cycle)
+            print(f"night {cycle}: no verified target for any failed koan; no adapter trained")
+            return metrics
+        result = self._train(examples, earlier, cycle, out)
+        metrics.update({"night/steps": result.steps, "night/loss_first": result.loss_first,
+                        "night/loss_last": result.loss_last, "night/trainable_params": result.trainable_params,
+                        "night/trainable_params_lora_equivalent": result.trainable_params,
+                        "night/tokens_per_s": result.tokens_per_s, "night/seconds": result.seconds})
+        self.tracker.log_metrics(metrics, step=cycle)
+        self.tracker.set_tags({f"night.{cycle}.episodes_version": str(self.store.version())})
+        self.tracker.log_artifacts(out, f"adapters/cycle{cycle}")
+        print(f"night {cycle}: {len(examples)} new examples ({stats}), {result.steps} steps, "
+              f"loss {result.loss_first:.3f} -> {result.loss_last:.3f}, {result.tokens_per_s:.0f} tokens/s")
+        return metrics
+
+    def _train(self, examples, earlier, cycle: int, out: Path):
+        import json
+
+        from sleepy.night.dataset import encode
+        from sleepy.night.trainer import load_base, train, wrap_lora
+
+        night, lora = self.cfg.night, self.cfg.lora
+        model, tokenizer = load_base(self.backend.path, self.cfg.model.device, self.cfg.model.dtype)
+        previous = self.adapter_for("day", cycle)
+        init = str(self.adapter_dir(int(previous.removeprefix("cycle")))) if lora.mode == "continue" and previous \
+            else None
+        encoded = [e for e in (encode(tokenizer, x, night.max_length) for x in [*earlier, *examples]) if e]
+        if not encoded:
+            raise ValueError(f"every night example is longer than night.max_length={night.max_length} tokens")
+        tmp = out.with_name(out.name + ".partial")
+        result = train(wrap_lora(model, lora, init), tokenizer, encoded, tmp, steps=night.steps, lr=night.lr,
+                       batch_size=night.batch_size, seed=int(self.cfg.seed) * 1000 + cycle)
+        with open(tmp / "examples.jsonl", "w", encoding="utf-8") as f:
+            for x in examples:
+                f.write(json.dumps({"koan_id": x.koan_id, "source": x.source, "messages": list(x.messages),
+                                    "response": x.response}) + "\n")
+        (tmp / "DONE").write_text(json.dumps({"cycle": cycle, "episodes_version": self.store.version()}))
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        tmp.rename(out)
+        result.adapter_dir = str(out)
+        self.backend.load_adapter(f"cycle{cycle}", str(out))
+        return result
+
+
+def _replay(store, run_id: str, cycle: int, train: dict, fraction: float, n_new: int, seed: int):
+    """Earlier successes of this run's days, as (koan, prompt, code), `fraction` x the night's new examples."""
+    import random
+
+    if fraction <= 0:
+        return []
+    wins = store.frame(run_id=run_id, stage="day", passed=True)
+    wins = wins.filter(wins["cycle"] <= cycle)
+    rows = [(train[r["koan_id"]], r["prompt"], r["code"]) for r in wins.iter_rows(named=True) if r["koan_id"] in train]
+    random.Random(seed * 7919 + cycle).shuffle(rows)
+    return rows[:max(1, round(fraction * max(1, n_new)))]
+
+
+def _earlier_examples(root: Path, cycle: int):
+    """Examples of this run's earlier nights (lora.mode=new trains a fresh adapter on all of them)."""
+    import json
+
+    from sleepy.night.dataset import Example
+
+    out = []
+    for c in range(1, cycle):
+        path = root / f"cycle{c}" / "examples.jsonl"
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                d = json.loads(line)
+                out.append(Example(d["koan_id"], d["source"], tuple(d["messages"]), d["response"]))
+    return out
+
+
+def _teacher(teacher):
+    if not teacher.provider:
+        return None
+    from sleepy.models.litellm_backend import LiteLLMBackend
+
+    backend = LiteLLMBackend(teacher.name, teacher.provider, teacher.api_base, teacher.api_key)
+    backend.check()
+    return backend
 
 
 def _terminate(signum, frame):
@@ -222,14 +400,18 @@ def family_table(outcomes, cycle: int) -> list[dict]:
     return rows
 
 
-def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped: int = 0) -> None:
+def _pct(x) -> str:
+    return "-" if x != x else f"{100 * x:.0f}%"
+
+
+def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped: int = 0,
+                  adapter: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    def pct(x):
-        return "-" if x != x else f"{100 * x:.0f}%"
-
-    t = Table(title=f"{stage} cycle {cycle}  (run {run_id}{f', resumed: {skipped} koans kept' if skipped else ''})")
+    pct = _pct
+    t = Table(title=f"{stage} cycle {cycle}, {adapter or 'base model'}  (run {run_id}"
+                    f"{f', resumed: {skipped} koans kept' if skipped else ''})")
     for col in ("family", "koans", "pass rate (95% CI)", "median steps", "repeat error rate"):
         t.add_column(col, justify="left" if col == "family" else "right")
     for r in rows:
@@ -237,6 +419,29 @@ def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped
         t.add_row(r["family"], str(r["n"]), f"{pct(r['pass_rate'])} [{pct(r['lo'])}, {pct(r['hi'])}]", steps,
                   pct(r["repeat_error_rate"]))
     Console().print(t)
+
+
+def print_cycles(rows: list[dict], run_id: str, uri: str, experiment: str) -> None:
+    """The experiment per cycle, and how to compare it in the MLflow UI."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def num(x, fmt="{:.0f}"):
+        return "-" if x is None or x != x else fmt.format(x)
+
+    t = Table(title=f"experiment {experiment}, run {run_id}")
+    for col in ("cycle", "day pass", "night examples", "eval pass (95% CI)", "median steps", "repeat errors",
+                "regressions", "McNemar p vs 0"):
+        t.add_column(col, justify="right")
+    for c, r in enumerate(rows):
+        t.add_row(str(c), _pct(r.get("day/pass_rate", float("nan"))), num(r.get("night/examples")),
+                  f"{_pct(r['eval/pass_rate'])} [{_pct(r['eval/pass_rate_lo'])}, {_pct(r['eval/pass_rate_hi'])}]",
+                  num(r["eval/median_steps"], "{:.1f}"), _pct(r["eval/repeat_error_rate"]),
+                  num(r["eval/regressions"]), num(r["eval/mcnemar_p"], "{:.3f}"))
+    console = Console(width=max(Console().width, 120))
+    console.print(t)
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
+    console.print(f"Compare runs: LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/{ui}", soft_wrap=True)
 
 
 def _log_artifacts(tracker, store, run_id, stage, cycle) -> None:
@@ -257,11 +462,11 @@ def _log_artifacts(tracker, store, run_id, stage, cycle) -> None:
 class _Progress:
     """Koans done, passed, attempts and throughput while a stage runs (quiet when not a terminal)."""
 
-    def __init__(self, total: int, already: int):
+    def __init__(self, label: str, total: int, already: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.passed = self.attempts = 0
-        self.progress = Progress(TextColumn("[bold]koans"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                                  disable=not sys.stdout.isatty())
         self.task = self.progress.add_task("koans", total=total, completed=already, info="")

@@ -58,6 +58,7 @@ class HFBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = name or path_or_name
+        self.path = path_or_name  # the base weights, which the night's trainer loads too
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"

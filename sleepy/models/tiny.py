@@ -34,7 +34,8 @@ SPLIT_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
 VOCAB_SIZE = 3000
 MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              max_position_embeddings=4096, tie_word_embeddings=True)
-FORMAT = 2  # bump when the build recipe changes, so stale caches are not reused
+EMBED_STD = 0.25  # see _build: lets a LoRA make confident predictions
+FORMAT = 3  # bump when the build recipe changes, so stale caches are not reused
 
 
 def default_cache_dir() -> Path:
@@ -55,7 +56,7 @@ def corpus(koans=None) -> list[str]:
 def build_tiny(cache_dir: Path | None = None, seed: int = 0, koans=None) -> Path:
     """The directory of the tiny model for `seed` and this corpus; built on first use, then reused."""
     texts = corpus(koans)
-    digest = hashlib.sha256(json.dumps([FORMAT, SPLIT_REGEX, VOCAB_SIZE, MODEL, texts]).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([FORMAT, SPLIT_REGEX, VOCAB_SIZE, MODEL, EMBED_STD, texts]).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     final = root / f"seed{seed}-{digest}"
     if (final / "config.json").exists():
@@ -94,6 +95,10 @@ def _build(out: Path, texts: list[str], seed: int) -> None:
     config = Qwen2Config(vocab_size=len(tokenizer), eos_token_id=eos, pad_token_id=pad, bos_token_id=None, **MODEL)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
+    # The final RMSNorm fixes the hidden state's scale, so with the usual 0.02-std (tied) embeddings no logit can
+    # exceed ~1 and no adapter can ever fit its targets. Unit-scale embeddings give a real model's logit range.
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0.0, EMBED_STD)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
     with quiet_progress():
         model.save_pretrained(out)

@@ -1,0 +1,110 @@
+"""LoRA training with peft: a plain loop you can read top to bottom, on the CPU or the GPU.
+
+    load base -> wrap in LoRA (new, or continue the last adapter) -> AdamW over shuffled batches,
+    loss on answer tokens only -> save a standard peft LoRA directory
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: str
+    examples: int
+    steps: int
+    tokens: int
+    seconds: float
+    loss_first: float
+    loss_last: float
+    trainable_params: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def load_base(path: str, device: str = "auto", dtype: str = "auto"):
+    """The base model and tokenizer for training (the same weights the backend serves)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sleepy.models.hf import hub_offline, quiet_progress
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    with quiet_progress():
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=hub_offline())
+    return model.to(device), tokenizer
+
+
+def wrap_lora(model, lora, init_adapter: str | None = None):
+    """A trainable peft model: a fresh LoRA from `lora` settings, or the adapter at init_adapter to continue."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if init_adapter:
+        return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, config)
+
+
+def batches(encoded: list[dict], batch_size: int, pad_id: int, rng: random.Random):
+    """Shuffled, right-padded batches (input_ids, attention_mask, labels) as lists."""
+    order = list(range(len(encoded)))
+    rng.shuffle(order)
+    for i in range(0, len(order), batch_size):
+        chunk = [encoded[j] for j in order[i:i + batch_size]]
+        width = max(len(e["input_ids"]) for e in chunk)
+        yield ([e["input_ids"] + [pad_id] * (width - len(e["input_ids"])) for e in chunk],
+               [[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in chunk],
+               [e["labels"] + [-100] * (width - len(e["labels"])) for e in chunk])
+
+
+def train(model, tokenizer, encoded: list[dict], out_dir: str | Path, *, steps: int, lr: float, batch_size: int,
+          seed: int = 0, on_step=None) -> TrainResult:
+    """Train `model` (a peft model) for `steps` optimizer steps over `encoded`; save the adapter to out_dir."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.train()
+    losses, tokens, step = [], 0, 0
+    start = time.perf_counter()
+    while step < steps:
+        for ids, mask, labels in batches(encoded, batch_size, pad, rng):
+            ids, mask, labels = (torch.tensor(x, device=device) for x in (ids, mask, labels))
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+            tokens += int(mask.sum())
+            step += 1
+            if on_step:
+                on_step(step, losses[-1])
+            if step >= steps:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    model.eval()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    trainable = sum(p.numel() for p in params)
+    return TrainResult(str(out_dir), len(encoded), step, tokens, seconds, losses[0] if losses else math.nan,
+                       losses[-1] if losses else math.nan, trainable)
