@@ -18,7 +18,7 @@ def failed(koans):
 def test_reference_targets_are_verified_solutions(sandbox):
     examples, stats = build_examples(failed(TRAIN), [], ["reference"], sandbox, EVAL_IDS)
     assert [e.koan_id for e in examples] == [k.id for k in TRAIN]
-    assert all(e.source == "reference" and e.response == answer(k.solution) for e, k in zip(examples, TRAIN))
+    assert all(e.source == "reference" and e.response == answer(k.solution) for e, k in zip(examples, TRAIN, strict=True))
     assert stats["targets_reference"] == 3 and stats["untargeted"] == 0
     assert examples[0].messages[0]["role"] == "system" and examples[0].messages[1]["content"].startswith("Task:")
 
