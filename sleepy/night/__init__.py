@@ -1,0 +1,1 @@
+"""The night: verified training targets, LoRA training, subspaces."""
