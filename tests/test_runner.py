@@ -39,11 +39,33 @@ def test_unknown_family_in_config_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_job_verifies_every_builtin_koan_from_a_cold_cache(tmp_path, builtin):
-    """The README's main job: every builtin koan judged afresh, exit 0."""
+def test_verify_stage_judges_every_builtin_koan_from_a_cold_cache(tmp_path, builtin):
+    """`python -m sleepy` alone: every builtin koan judged afresh, exit 0."""
     rc, out, err = run_cli("-m", "sleepy", f"hydra.run.dir={tmp_path}/run",
                            env_extra={"SLEEPY_CACHE_DIR": str(tmp_path / "cache")}, timeout=900)
     assert rc == 0, err
     n = len(builtin.koans)
     assert f"{n}/{n} koans verified (isolation: " in out
     assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_main_job_smoke_experiment_runs_offline(tmp_path):
+    """The README's main job: eval 0, then 2 x [day -> night -> eval] on the tiny model, all in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    rc, out, err = run_cli("-m", "sleepy", "+experiment=smoke", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                           f"episodes.uri={tmp_path}/episodes", f"adapters_dir={tmp_path}/adapters",
+                           f"hydra.run.dir={tmp_path}/run",
+                           env_extra={"SLEEPY_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert rc == 0, err[-3000:]
+    assert "experiment smoke" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert run.info.status == "FINISHED"
+    steps = {key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+             for key in ("eval/pass_rate", "day/pass_rate", "night/examples")}
+    assert steps == {"eval/pass_rate": [0, 1, 2], "day/pass_rate": [1, 2], "night/examples": [1, 2]}
+    assert (tmp_path / "adapters" / run.info.run_id / "cycle2" / "adapter_model.safetensors").exists()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapters")}
+    assert artifacts == {"adapters/cycle1", "adapters/cycle2"}
