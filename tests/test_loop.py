@@ -48,3 +48,26 @@ def test_one_night_on_reference_fixes_makes_the_next_day_pass(tmp_path):
     assert run.data.metrics["night/targets_reference"] == 3
     assert run.data.metrics["night/loss_last"] < run.data.metrics["night/loss_first"]
     assert "night.1.episodes_version" in run.data.tags
+
+
+@pytest.mark.slow
+def test_rank_sweep_on_tiny_gives_one_report_row_per_rank(tmp_path):
+    """-m +experiment=smoke lora=r4,r8 seed=0,1 with joblib: 4 runs in one experiment; sleepy-report groups them."""
+    import json
+
+    env = dict(os.environ, SLEEPY_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "sleepy", "-m", "+experiment=smoke", "koans=borrow_checker",
+                        "koans.count=1", "night.steps=5", "lora=r4,r8", "seed=0,1", "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=2", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                        f"episodes.uri={tmp_path}/episodes", f"adapters_dir={tmp_path}/adapters",
+                        f"hydra.sweep.dir={tmp_path}/multirun"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=1200)
+    assert r.returncode == 0, r.stderr[-4000:]
+    r = subprocess.run([sys.executable, "-m", "sleepy.report", "--experiment", "smoke", "--tracking-uri",
+                        f"sqlite:///{tmp_path}/mlflow.db", "--json"], cwd=ROOT, capture_output=True, text=True)
+    report = json.loads(r.stdout)
+    rows = {row["config"]["lora.r"]: row for row in report["rows"]}
+    assert sorted(rows) == ["4", "8"] and [rows[k]["n_runs"] for k in ("4", "8")] == [2, 2]
+    params = {k: rows[k]["metrics"]["night/trainable_params"]["mean"] for k in rows}
+    assert params["8"] == 2 * params["4"] > 0  # LoRA parameters grow linearly with the rank
+    assert {"eval/pass_rate", "day/pass_rate"} <= set(rows["4"]["metrics"])
