@@ -10,12 +10,18 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("LITELLM_LOCAL_MODEL_COST_MAP", "
 
 
 def main() -> None:
+    import sys
+
     import hydra
 
-    from sleepy.config import register
+    from sleepy.config import check_override_keys, register
 
-    register()
     conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    groups = {d for d in os.listdir(conf) if os.path.isdir(os.path.join(conf, d))}
+    if error := check_override_keys(sys.argv[1:], groups):
+        print(f"sleepy: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    register()
     hydra.main(version_base="1.3", config_path=conf, config_name="config")(_run)()
 
 

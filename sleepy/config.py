@@ -144,3 +144,28 @@ def check_choices(cfg) -> None:
         if value not in valid:
             shown = ", ".join("null" if v is None else str(v) for v in valid)
             raise ValueError(f"config key '{key}' is {value!r}; valid: {shown}")
+
+
+def check_override_keys(args: list[str], groups: set[str]) -> str | None:
+    """The first command-line override whose key is not in the schema, as an error naming the valid keys."""
+    import dataclasses
+
+    for arg in args:
+        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
+            continue
+        key = arg.split("=", 1)[0]
+        if key in groups or "/" in key:
+            continue
+        node, path = Config, []
+        for part in key.split("."):
+            fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else None
+            if fields is None:
+                break
+            if part not in fields:
+                where = ".".join(path) or "the top level"
+                return (f"unknown config key '{key}': '{part}' is not a key of {where} "
+                        f"(valid: {', '.join(sorted(fields))})")
+            path.append(part)
+            kind = fields[part].default_factory if fields[part].default_factory is not dataclasses.MISSING else None
+            node = kind if isinstance(kind, type) else None
+    return None

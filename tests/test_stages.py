@@ -205,7 +205,10 @@ def test_bad_choices_name_the_key_and_the_options(tmp_path, override, key):
 def test_a_mistyped_agent_key_is_named(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sleepy", "agent.max_attempt=3"], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode != 0 and "max_attempt" in r.stderr and "AgentConfig" in r.stderr
+    assert r.returncode == 2 and "'max_attempt' is not a key of agent" in r.stderr and "max_attempts" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "sleepy", "agent.max_attempts=many"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "agent.max_attempts" in r.stderr and "Integer" in r.stderr  # a wrong type names the key
 
 
 def test_samples_give_pass_at_k(tmp_path):

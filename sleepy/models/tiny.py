@@ -39,9 +39,9 @@ FORMAT = 3  # bump when the build recipe changes, so stale caches are not reused
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("SLEEPY_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sleepy")
-    return Path(base) / "tiny"
+    from sleepy.cache import cache_root
+
+    return cache_root() / "tiny"
 
 
 def corpus(koans=None) -> list[str]:

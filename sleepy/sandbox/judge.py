@@ -82,9 +82,9 @@ def default_jobs() -> int:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("SLEEPY_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sleepy")
-    return Path(base) / "verdicts"
+    from sleepy.cache import cache_root
+
+    return cache_root() / "verdicts"
 
 
 class Sandbox:
