@@ -77,6 +77,8 @@ def attempt_stage(cfg) -> float:
 def cycle(cfg) -> float:
     """The experiment: eval(0) with the base model, then `cycles` x [day -> night -> eval]."""
     with Job(cfg) as job:
+        if cfg.night.enabled:
+            job.check_night()  # refuse at start, not after hours of day and eval
         rows = [job.attempt("eval", 0, None)]
         for c in range(1, int(cfg.cycles) + 1):
             day = job.attempt("day", c, job.adapter_for("day", c))  # the adapter of the night before
@@ -185,6 +187,15 @@ class Job:
                 return name
         return None
 
+    def check_night(self) -> None:
+        """A night needs a backend that serves adapters and local base weights to train on."""
+        if not getattr(self.backend, "serves_adapters", False):
+            raise ValueError(f"model '{self.cfg.model.name}' ({self.cfg.model.provider or self.cfg.model.backend}) "
+                             "cannot serve adapters: a night stage needs model=tiny, an hf model or vllm "
+                             "(or night.enabled=false)")
+        if not self.backend.path:
+            raise ValueError("a night trains on local base weights: set model.path to them")
+
     def night(self, cycle: int) -> dict[str, float]:
         """Verified targets for the day's failed train koans (+ replay) -> LoRA -> adapter_<cycle>."""
         from sleepy.night.dataset import build_examples, failed_koans
@@ -192,9 +203,7 @@ class Job:
         out = self.adapter_dir(cycle)
         if (out / "DONE").exists():  # resumed: this night already trained its adapter
             return {}
-        if not hasattr(self.backend, "load_adapter"):
-            raise ValueError(f"model '{self.cfg.model.name}' ({self.cfg.model.backend}) cannot serve adapters: "
-                             "a night stage needs model=tiny or an hf model (night.enabled=false for none)")
+        self.check_night()
         night = self.cfg.night
         train = {k.id: k for k in self.koans("day")}
         eval_ids = {k.id for k in self.pack.koans if k.split == "eval"}

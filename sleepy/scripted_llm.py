@@ -12,6 +12,7 @@ wrong fix), an HTTP error, a malformed body, extra latency, or no answer at all.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -60,10 +61,12 @@ class ScriptedLLMServer:
     """Runs the server in a background thread; `url` is its base address."""
 
     def __init__(self, script: Script, latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0,
-                 model: str = "scripted"):
+                 model: str = "scripted", strict_models: bool = False):
         self.script = script
         self.latency_s = latency_s
         self.model = model
+        self.strict_models = strict_models  # like vLLM: only the base model and loaded adapters answer
+        self.adapters: dict[str, str] = {}  # LoRA adapters loaded at runtime, name -> path
         self.log: list[dict] = []
         self._log_lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), _handler(self))
@@ -137,6 +140,18 @@ def _handler(server: ScriptedLLMServer):
                 self._json(400, {"error": "request body is not JSON"})
                 return
             path = self.path.rstrip("/")
+            if path == "/v1/load_lora_adapter":  # vLLM's runtime LoRA loading
+                name, where = body.get("lora_name"), body.get("lora_path")
+                if not name or not where or not os.path.isdir(where):
+                    self._json(400, {"error": f"cannot load LoRA adapter {name!r} from {where!r}"})
+                    return
+                server.adapters[name] = where
+                self._send(200, f"Success: LoRA adapter '{name}' added successfully.".encode(), "text/plain")
+                return
+            model = body.get("model", server.model)
+            if server.strict_models and path != "/api/show" and model not in {server.model, *server.adapters}:
+                self._json(404, {"error": {"message": f"The model `{model}` does not exist.", "type": "NotFoundError"}})
+                return
             if path == "/api/show":
                 self._json(200, {"modelfile": "", "parameters": "", "template": "", "details": {}, "model_info": {}})
                 return

@@ -6,6 +6,7 @@ This proves that the day prompt, the chat template, the loss mask, adapter savin
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -71,3 +72,42 @@ def test_rank_sweep_on_tiny_gives_one_report_row_per_rank(tmp_path):
     params = {k: rows[k]["metrics"]["night/trainable_params"]["mean"] for k in rows}
     assert params["8"] == 2 * params["4"] > 0  # LoRA parameters grow linearly with the rank
     assert {"eval/pass_rate", "day/pass_rate"} <= set(rows["4"]["metrics"])
+
+
+def test_vllm_night_loads_the_adapter_at_runtime_and_eval_addresses_it(tmp_path):
+    """model=vllm: the night trains on local base weights, POSTs /v1/load_lora_adapter, eval asks for it by name."""
+    from sleepy.koans import load_pack
+    from sleepy.models.tiny import build_tiny
+    from sleepy.scripted_llm import Script, ScriptedLLMServer, Step
+
+    weights = build_tiny(tmp_path / "cache" / "tiny")
+    koans = load_pack().select("borrow_checker", count=1)
+    script = Script({k.title: [Step(reply=f"```rust\n{k.code}\n```")] for k in koans})  # the base model fails
+    env = dict(os.environ, SLEEPY_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    with ScriptedLLMServer(script, strict_models=True) as server:
+        r = subprocess.run([sys.executable, "-m", "sleepy", "stage=cycle", "cycles=1", "model=vllm",
+                            "model.name=scripted", f"model.api_base={server.url}/v1", f"model.path={weights}",
+                            "koans=borrow_checker", "koans.count=1", "agent.max_attempts=1", "night.targets=[reference]",
+                            "night.steps=2", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                            f"episodes.uri={tmp_path}/episodes", f"adapters_dir={tmp_path}/adapters",
+                            f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert list(server.adapters) == ["cycle1"]
+        assert (Path(server.adapters["cycle1"]) / "adapter_config.json").exists()
+        models = [(e["body"]["model"], e["key"]) for e in server.log]
+    eval_koan = next(k for k in koans if k.split == "eval")
+    assert models[-1] == ("cycle1", eval_koan.title)  # eval 1 asked for the adapter by name
+    assert models[0][0] == "scripted"
+
+
+def test_a_night_with_a_backend_that_serves_no_adapters_is_refused_at_start(tmp_path):
+    from sleepy.scripted_llm import Script, ScriptedLLMServer
+
+    with ScriptedLLMServer(Script()) as server:
+        r = subprocess.run([sys.executable, "-m", "sleepy", "stage=cycle", "model=ollama", "model.name=scripted",
+                            f"model.api_base={server.url}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                            f"episodes.uri={tmp_path}/episodes", f"hydra.run.dir={tmp_path}/run"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+        assert server.log == []  # refused before any koan was attempted
+    assert r.returncode == 2 and "cannot serve adapters" in r.stderr and "Traceback" not in r.stderr

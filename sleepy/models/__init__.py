@@ -11,7 +11,7 @@ def make_backend(model, seed: int = 0) -> Backend:
         from sleepy.models.litellm_backend import LiteLLMBackend
 
         backend = LiteLLMBackend(model.name, model.provider, model.api_base, model.api_key, model.concurrency,
-                                 model.timeout_s, model.retries, cache_dir=model.cache_dir)
+                                 model.timeout_s, model.retries, cache_dir=model.cache_dir, path=model.path)
         backend.check()
         return backend
     if model.backend == "hf":

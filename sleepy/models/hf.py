@@ -80,6 +80,8 @@ class HFBackend:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {*(eos if isinstance(eos, list) else [eos]), self.tokenizer.eos_token_id} - {None}
 
+    serves_adapters = True
+
     @property
     def adapters(self) -> list[str]:
         """Names of the loaded LoRA adapters."""

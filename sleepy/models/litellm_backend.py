@@ -29,12 +29,36 @@ class LiteLLMBackend:
 
     def __init__(self, name: str, provider: str, api_base: str | None = None, api_key: str | None = None,
                  concurrency: int = 8, timeout_s: float = 120.0, retries: int = 3, backoff_s: float = 0.5,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, path: str | None = None):
         if provider not in PROVIDERS:
             raise ValueError(f"model.provider must be one of {', '.join(PROVIDERS)}; got {provider!r}")
         self.name, self.provider, self.api_base, self.api_key = name, provider, api_base, api_key
         self.concurrency, self.timeout_s, self.retries, self.backoff_s = concurrency, timeout_s, retries, backoff_s
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.path = path  # local base weights, for a night's trainer (the server holds its own copy)
+        self.adapters: list[str] = []
+
+    @property
+    def serves_adapters(self) -> bool:
+        return self.provider == "vllm"
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load a peft LoRA directory into the vLLM server at runtime (POST /v1/load_lora_adapter); it is then
+        addressed as the model `name`. The path must be readable by the server."""
+        if not self.serves_adapters:
+            raise ValueError(f"the {self.provider} backend serves no LoRA adapters")
+        url = self.api_base.rstrip("/") + "/load_lora_adapter"
+        req = urllib.request.Request(url, json.dumps({"lora_name": name, "lora_path": str(path)}).encode(),
+                                     {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=min(60.0, self.timeout_s)):
+                pass
+        except (OSError, ValueError) as e:
+            detail = e.read().decode(errors="replace")[:300] if isinstance(e, urllib.error.HTTPError) else e
+            raise ModelLoadError(f"vLLM at {self.api_base} did not load LoRA adapter '{name}' from {path}: {detail} "
+                                 "(start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)") from None
+        if name not in self.adapters:
+            self.adapters.append(name)
 
     def check(self) -> None:
         """Fail fast, with one clear message, when the server cannot be reached."""
