@@ -74,6 +74,7 @@ def test_rank_sweep_on_tiny_gives_one_report_row_per_rank(tmp_path):
     assert {"eval/pass_rate", "day/pass_rate"} <= set(rows["4"]["metrics"])
 
 
+@pytest.mark.slow
 def test_vllm_night_loads_the_adapter_at_runtime_and_eval_addresses_it(tmp_path):
     """model=vllm: the night trains on local base weights, POSTs /v1/load_lora_adapter, eval asks for it by name."""
     from sleepy.koans import load_pack
