@@ -1,7 +1,9 @@
-"""The experiment a Hydra job runs: `stage` = verify | day | eval.
+"""The experiment a Hydra job runs: `stage` = verify | day | eval | cycle.
 
-    day(c):  the train koans -> agent(model [+ adapter]) -> sandbox -> episodes -> day/* metrics
-    eval(c): the frozen eval koans -> agent -> sandbox -> episodes -> eval/* metrics with 95% intervals
+    cycle:     eval(0) with the base model, then for c in 1..cycles: day(c) -> night(c) -> eval(c)
+    day(c):    the train koans -> agent(model + adapter of night c-1) -> sandbox -> episodes -> day/* metrics
+    night(c):  the day's failed train koans -> verified targets (+ replay) -> LoRA -> adapter c, served back
+    eval(c):   the frozen eval koans -> agent(model + adapter c) -> episodes -> eval/* metrics with 95% intervals
 
 One job is one MLflow run. A job re-run with `run_id=<that run>` resumes: koans it finished in the
 stage are skipped, the rest are attempted, and the metrics are computed over all of them.
