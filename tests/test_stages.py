@@ -131,7 +131,7 @@ def test_sigkill_mid_stage_then_resume_loses_and_duplicates_nothing(tmp_path):
         kept = set(first["koan_id"])
         assert 0 < len(kept) < len(koans)
         r = sleepy(tmp_path, server, *overrides, f"run_id={run_id}")
-        assert f"resumed: {len(kept)} koans kept" in r.stdout.replace("\n", " ")
+        assert f"resumed: {len(kept)} koans kept" in " ".join(r.stdout.split())
     episodes = EpisodeStore(store_dir).frame(run_id=run_id)
     assert sorted(set(episodes["koan_id"])) == sorted(k.id for k in koans)
     assert episodes.group_by(["koan_id", "attempt"]).len()["len"].max() == 1

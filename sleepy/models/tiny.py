@@ -33,9 +33,9 @@ SPLIT_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 VOCAB_SIZE = 3000
 MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             max_position_embeddings=4096, tie_word_embeddings=True)
+             max_position_embeddings=4096, tie_word_embeddings=False)
 EMBED_STD = 0.25  # see _build: lets a LoRA make confident predictions
-FORMAT = 3  # bump when the build recipe changes, so stale caches are not reused
+FORMAT = 4  # bump when the build recipe changes, so stale caches are not reused
 
 
 def default_cache_dir() -> Path:
@@ -95,10 +95,12 @@ def _build(out: Path, texts: list[str], seed: int) -> None:
     config = Qwen2Config(vocab_size=len(tokenizer), eos_token_id=eos, pad_token_id=pad, bos_token_id=None, **MODEL)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    # The final RMSNorm fixes the hidden state's scale, so with the usual 0.02-std (tied) embeddings no logit can
-    # exceed ~1 and no adapter can ever fit its targets. Unit-scale embeddings give a real model's logit range.
+    # The final RMSNorm fixes the hidden state's scale, so with the usual 0.02-std embeddings no logit can exceed ~1
+    # and no adapter can ever fit its targets: larger embeddings give a real model's logit range. Untied, or the
+    # random model would only ever repeat its last token (its hidden state is mostly that token's embedding).
     with torch.no_grad():
         model.model.embed_tokens.weight.normal_(0.0, EMBED_STD)
+        model.lm_head.weight.normal_(0.0, EMBED_STD)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
     with quiet_progress():
         model.save_pretrained(out)
