@@ -56,7 +56,7 @@ def test_tiny_builds_once_deterministically_and_tokenizes_rust(cache, tmp_path, 
     assert weights_hash(build_tiny(tmp_path / "other", seed=1)) != weights_hash(path)
 
     config = AutoConfig.from_pretrained(path)
-    assert config.model_type == "qwen2" and config.hidden_size == 64 and not config.tie_word_embeddings  # untied: see tiny._build
+    assert config.model_type == "qwen2" and config.hidden_size == 64 and not config.tie_word_embeddings
     tok = AutoTokenizer.from_pretrained(path)  # for a qwen2 model: a Qwen2Tokenizer rebuilt from vocab and merges
     trained = Tokenizer.from_file(str(path / "tokenizer.json"))
     assert 2000 <= len(tok) <= 4000 and tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
