@@ -38,11 +38,12 @@ def run(cfg) -> float | None:
         sys.exit(2)
 
 
-def select_koans(cfg, split: str | None = None):
+def select_koans(cfg):
+    """The koans the `koans` group selects (verify; day and eval pick their split in Job.koans)."""
     from sleepy.koans import load_pack
 
     k = cfg.koans
-    return load_pack(k.pack).select(family=k.families, split=split or k.split, count=k.count)
+    return load_pack(k.pack).select(family=k.families, split=k.split, count=k.count)
 
 
 def make_sandbox(cfg):
