@@ -4,6 +4,8 @@
 
 Both train a fresh LoRA (r=16 on every linear layer) on the reference fixes of 4 train koans,
 batch size 4, from the same base weights; tokens/s counts the non-padding tokens of each batch.
+A third arm trains a Share task (k=16, phi=1 coefficients on a basis seeded by one LoRA) through the
+same loop, to show what computing the factors from the basis costs.
 """
 
 from __future__ import annotations
@@ -61,16 +63,33 @@ def main() -> None:
                                             {"role": "user", "content": f"Task: {k.title}\n{k.code}\n{k.tests}"}),
                         answer(k.solution)) for k in koans]
     encoded = [encode(tokenizer, e, 4096) for e in examples]
-    ours, theirs = [], []
+    ours, theirs, shared = [], [], []
     for _ in range(args.repeat):  # interleaved, so drift in machine load hits both alike
         theirs.append(bare(path, encoded, args.steps, 4))
         model, _ = load_base(path, "cpu")
         with tempfile.TemporaryDirectory() as d:
             ours.append(train(wrap_lora(model, LORA), tokenizer, encoded, d, steps=args.steps, lr=5e-3,
                               batch_size=4).tokens_per_s)
-    o, t = statistics.median(ours), statistics.median(theirs)
+        shared.append(share_task(path, tokenizer, encoded, args.steps))
+    o, t, sh = statistics.median(ours), statistics.median(theirs), statistics.median(shared)
     print(f"night training, tiny model, {len(encoded)} examples, {args.steps} steps x {args.repeat}, "
           f"{torch.get_num_threads()} threads: sleepy {o:.0f} tokens/s, bare peft loop {t:.0f} tokens/s, ratio {o / t:.3f}")
+    print(f"  Share task (k=16, phi=1): {sh:.0f} tokens/s, {sh / o:.3f}x the plain LoRA night")
+
+
+def share_task(path: str, tokenizer, encoded: list[dict], steps: int) -> float:
+    """tokens/s of training Share coefficients (k=16, phi=1) on the basis of one random LoRA."""
+    from sleepy.night.coefficients import attach, factors, fresh, lora_layers
+    from sleepy.night.subspace import Subspace
+
+    model, _ = load_base(path, "cpu")
+    peft = wrap_lora(model, LORA)
+    with torch.no_grad():
+        for layer in lora_layers(peft).values():
+            layer.lora_B["default"].weight.normal_(std=0.02)
+    sub = Subspace.fit([factors(peft)], "share", k=16)
+    attach(peft, sub, fresh(sub, LORA.r, torch.Generator().manual_seed(0)), phi=1)
+    return train(peft, tokenizer, encoded, None, steps=steps, lr=5e-3, batch_size=4).tokens_per_s
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main() -> None:
     lora = param_counts(CONFIG, PROJECTIONS, r=R, k=K)["lora"]
     print(f"  LoRA r={R}: {lora:,}")
     for k in (8, 16, 32):
-        for phi in (0, 2):
+        for phi in (0, 1, 2):
             share = param_counts(CONFIG, PROJECTIONS, r=R, k=k, phi=phi)["share"]
             print(f"  Share k={k} phi={phi}: {share:,} ({share / lora:.4f}x LoRA, {lora / share:.0f}x fewer)")
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 for _key, _value in (("HF_HUB_OFFLINE", "1"), ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
                      ("MLFLOW_DISABLE_TELEMETRY", "true")):
     os.environ.setdefault(_key, _value)
+# peft asks transformers a question transformers 5 deprecated; nothing for a user to act on
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def main() -> None:

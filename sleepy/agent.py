@@ -53,6 +53,7 @@ class Chain:
     history: list[tuple[str, str]] = field(default_factory=list)  # (code, diagnostics) of failed attempts
     episodes: list[Episode] = field(default_factory=list)
     done: bool = False
+    adapter: str | None = None  # the LoRA adapter its prompts go to (None: the base model)
 
 
 def extract_fix(reply: str) -> str:
@@ -125,12 +126,15 @@ def _seed(base: int, koan_id: str, sample: int, attempt: int) -> int:
 def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ctx: StageContext,
                   on_done: Callable[[Koan, list[Episode]], None],
                   memory: Callable[[str], list[tuple[str, str]]] | None = None,
-                  on_round: Callable[[int, int], None] | None = None) -> None:
-    """Attempt every koan up to max_attempts times (per sample); on_done(koan, episodes) per koan."""
+                  on_round: Callable[[int, int], None] | None = None,
+                  router: Callable[[Verdict], str | None] | None = None) -> None:
+    """Attempt every koan up to max_attempts times (per sample); on_done(koan, episodes) per koan.
+    router: the adapter for a koan from the verdict on its broken code (else every koan gets ctx.adapter)."""
     if settings.prompt not in STRATEGIES:
         raise ValueError(f"agent.prompt must be one of {', '.join(STRATEGIES)}; got {settings.prompt!r}")
     first = sandbox.judge_many([Program(k.code, k.tests, k.mode, k.clippy) for k in koans])
-    chains = [Chain(k, s, k.code, v) for k, v in zip(koans, first, strict=True) for s in range(settings.samples)]
+    chains = [Chain(k, s, k.code, v, adapter=router(v) if router else ctx.adapter)
+              for k, v in zip(koans, first, strict=True) for s in range(settings.samples)]
     pending = {k.id: settings.samples for k in koans}
     for attempt in range(1, settings.max_attempts + 1):
         active = [c for c in chains if not c.done]
@@ -139,7 +143,7 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
         prompts = [build_prompt(c, settings, memory(describe(c.verdict)) if memory else []) for c in active]
         params = [SamplingParams(settings.temperature, settings.max_tokens, seed=_seed(ctx.seed, c.koan.id, c.sample,
                                                                                      attempt)) for c in active]
-        gens = backend.generate(prompts, params, ctx.adapter)
+        gens = _generate(backend, prompts, params, [c.adapter for c in active])
         fixes = [extract_fix(g.text) if g.error is None else "" for g in gens]
         judged = [i for i, g in enumerate(gens) if g.error is None]
         verdicts = dict(zip(judged, sandbox.judge_many(
@@ -161,12 +165,23 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
             on_round(attempt, len(active))
 
 
+def _generate(backend, prompts: list, params: list[SamplingParams], adapters: list[str | None]) -> list[Generation]:
+    """One backend call per adapter (a batch shares one), the replies back in prompt order."""
+    out: list[Generation | None] = [None] * len(prompts)
+    for adapter in dict.fromkeys(adapters):
+        idx = [i for i, a in enumerate(adapters) if a == adapter]
+        for i, g in zip(idx, backend.generate([prompts[i] for i in idx], [params[i] for i in idx], adapter),
+                        strict=True):
+            out[i] = g
+    return out
+
+
 def _episode(ctx: StageContext, chain: Chain, attempt: int, prompt, gen: Generation, code: str, v: Verdict,
              settings: AgentConfig, params: SamplingParams) -> Episode:
     k = chain.koan
     return Episode(
         run_id=ctx.run_id, experiment=ctx.experiment, cycle=ctx.cycle, stage=ctx.stage, koan_id=k.id,
-        family=k.family, split=k.split, attempt=attempt, model=ctx.model, adapter=ctx.adapter or "",
+        family=k.family, split=k.split, attempt=attempt, model=ctx.model, adapter=chain.adapter or "",
         sample=chain.sample, prompt=prompt[-1]["content"], response=gen.text, code=code, compiled=v.compiled,
         tests_passed=v.tests_passed, passed=v.passed, reason=v.reason, error_codes=v.error_codes,
         signature=v.signature if v.reason != "model_error" else f"model_error: {(gen.error or '')[:80]}",

@@ -95,7 +95,17 @@ class NightConfig:
     lr: float = 2e-4
     batch_size: int = 4
     max_length: int = 4096
-    trainer: str = "peft"  # peft (CPU or GPU); auto = peft (unsloth is not wired in yet)
+    trainer: str = "peft"  # peft (CPU or GPU) | unsloth (the gpu extra, CUDA only) | auto: unsloth when it can
+
+
+@dataclass
+class SubspaceConfig:
+    method: str = "none"  # none: plain LoRA | share: bases that follow the tasks | uwsh: a fixed basis from `source`
+    k: int | None = 16  # basis columns per module and side (or null and explained_variance)
+    explained_variance: float | None = None  # the smallest k that keeps this share of the adapters' variance
+    phi: int = 0  # share: temporary directions per side trained with the coefficients, folded in by the merge
+    route: str = "mean"  # mean: one task per night, averaged coefficients | family: one task per koan family
+    source: str | None = None  # uwsh: a directory searched for peft LoRA adapters; None: earlier runs' (adapters_dir)
 
 
 @dataclass
@@ -108,6 +118,7 @@ class Config:
     episodes: EpisodesConfig = field(default_factory=EpisodesConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     night: NightConfig = field(default_factory=NightConfig)
+    subspace: SubspaceConfig = field(default_factory=SubspaceConfig)
     stage: str = "verify"
     cycles: int = 2  # stage=cycle: day/night/eval rounds after the cycle-0 baseline eval
     adapters_dir: str | None = None  # where nights save adapters (<dir>/<run id>/cycle<N>); None: mlruns/adapters
@@ -125,7 +136,9 @@ CHOICES = {
     "model.provider": (None, "openai", "ollama", "vllm"),
     "agent.prompt": ("plain", "explain", "memory"),
     "lora.mode": ("new", "continue"),
-    "night.trainer": ("peft", "auto"),
+    "night.trainer": ("peft", "unsloth", "auto"),
+    "subspace.method": ("none", "share", "uwsh"),
+    "subspace.route": ("mean", "family"),
 }
 
 

@@ -2,7 +2,8 @@
 
     cycle:     eval(0) with the base model, then for c in 1..cycles: day(c) -> night(c) -> eval(c)
     day(c):    the train koans -> agent(model + adapter of night c-1) -> sandbox -> episodes -> day/* metrics
-    night(c):  the day's failed train koans -> verified targets (+ replay) -> LoRA -> adapter c, served back
+    night(c):  the day's failed train koans -> verified targets (+ replay) -> LoRA, plain or subspace
+               coefficients (sleepy/night/fit.py) -> adapter c, served back
     eval(c):   the frozen eval koans -> agent(model + adapter c) -> episodes -> eval/* metrics with 95% intervals
 
 One job is one MLflow run. A job re-run with `run_id=<that run>` resumes: koans it finished in the
@@ -79,6 +80,8 @@ def attempt_stage(cfg) -> float:
 
 def cycle(cfg) -> float:
     """The experiment: eval(0) with the base model, then `cycles` x [day -> night -> eval]."""
+    if cfg.night.enabled:
+        check_night_config(cfg)  # before anything is started
     with Job(cfg) as job:
         if cfg.night.enabled:
             job.check_night()  # refuse at start, not after hours of day and eval
@@ -89,6 +92,40 @@ def cycle(cfg) -> float:
             rows.append(job.attempt("eval", c, job.adapter_for("eval", c)) | day | night)
         print_cycles(rows, job.run_id, job.tracker.uri, cfg.experiment_name)
         return rows[-1]["eval/pass_rate"]
+
+
+def check_night_config(cfg) -> None:
+    """The night's settings, checked before a run starts rather than after hours of day and eval."""
+    from sleepy.night.trainer import import_unsloth, resolve_trainer
+
+    s = cfg.subspace
+    if s.method != "none":
+        if (s.k is None) == (s.explained_variance is None):
+            raise ValueError(f"subspace={s.method} needs exactly one of subspace.k and subspace.explained_variance "
+                             f"(got k={s.k}, explained_variance={s.explained_variance}); e.g. "
+                             "subspace.k=null subspace.explained_variance=0.9")
+        from sleepy.night.subspace import Subspace
+
+        Subspace(s.method, s.k, s.explained_variance)  # the same rule, checked by the subspace itself
+        if cfg.night.trainer == "unsloth":
+            raise ValueError("subspace nights train coefficients through peft's forward: use night.trainer=peft "
+                             f"or auto with subspace={s.method}")
+        if s.method == "uwsh":
+            _uwsh_sources(cfg, exclude=None)
+    elif resolve_trainer(cfg.night.trainer) == "unsloth":
+        import_unsloth()  # before the backend brings transformers and peft in
+
+
+def _uwsh_sources(cfg, exclude: Path | None) -> list[Path]:
+    """The peft adapters uwsh extracts its fixed basis from (none of this run's)."""
+    from sleepy.night.adapter_io import find_adapters
+
+    source = cfg.subspace.source or Path(cfg.adapters_dir or ROOT / "mlruns" / "adapters")
+    found = find_adapters(source, exclude=exclude) if Path(source).is_dir() or cfg.subspace.source else []
+    if not found:
+        raise ValueError(f"subspace.source={source}: no peft LoRA adapter there to extract the uwsh basis from "
+                         "(run +experiment=lora first, or point subspace.source at a directory of adapters)")
+    return found
 
 
 class Job:
@@ -162,7 +199,8 @@ class Job:
                     self.store.add_koan(episodes)
                     progress.koan(any(e.passed for e in episodes), len(episodes))
 
-                attempt_koans(todo, self.backend, self.sandbox, self.settings, ctx, on_done, memory)
+                attempt_koans(todo, self.backend, self.sandbox, self.settings, ctx, on_done, memory,
+                              router=self.router(adapter))
         if self.settings.prompt == "memory" or stage == "day":
             self.store.index_diagnostics()
         metrics, table = stage_metrics(self.store, self.run_id, self.cfg.experiment_name, stage, cycle, self.settings)
@@ -190,6 +228,20 @@ class Job:
                 return name
         return None
 
+    def router(self, adapter: str | None):
+        """subspace.route=family: each koan to its family's adapter of the night `adapter` came from."""
+        if adapter is None or self.cfg.subspace.method == "none" or self.cfg.subspace.route != "family":
+            return None
+        from sleepy.routing import FamilyRouter, family_by_code
+
+        routes = self.adapter_dir(int(adapter.removeprefix("cycle"))) / "routes"
+        adapters = {}
+        for path in sorted(p for p in routes.iterdir() if p.is_dir()) if routes.is_dir() else []:
+            name = adapters[path.name] = f"{adapter}-{path.name}"
+            if name not in self.backend.adapters:
+                self.backend.load_adapter(name, str(path))
+        return FamilyRouter(family_by_code(k for k in self.pack.koans if k.split == "train"), adapters, adapter)
+
     def check_night(self) -> None:
         """A night needs a backend that serves adapters and local base weights to train on."""
         if not getattr(self.backend, "serves_adapters", False):
@@ -198,6 +250,7 @@ class Job:
                              "(or night.enabled=false)")
         if not self.backend.path:
             raise ValueError("a night trains on local base weights: set model.path to them")
+        self._sources()
 
     def night(self, cycle: int) -> dict[str, float]:
         """Verified targets for the day's failed train koans (+ replay) -> LoRA -> adapter_<cycle>."""
@@ -228,8 +281,13 @@ class Job:
         result = self._train(examples, earlier, cycle, out)
         metrics.update({"night/steps": result.steps, "night/loss_first": result.loss_first,
                         "night/loss_last": result.loss_last, "night/trainable_params": result.trainable_params,
-                        "night/trainable_params_lora_equivalent": result.trainable_params,
-                        "night/tokens_per_s": result.tokens_per_s, "night/seconds": result.seconds})
+                        "night/trainable_params_lora_equivalent": result.lora_params,
+                        "night/tokens_per_s": result.tokens_per_s, "night/seconds": result.seconds,
+                        "night/tasks": len(result.tasks)})
+        if self.cfg.subspace.method != "none":
+            metrics.update({"night/subspace_k": result.basis_columns, "night/subspace_kept": result.kept})
+            if result.sources:
+                metrics["night/subspace_sources"] = result.sources
         self.tracker.log_metrics(metrics, step=cycle)
         self.tracker.set_tags({f"night.{cycle}.episodes_version": str(self.store.version())})
         self.tracker.log_artifacts(out, f"adapters/cycle{cycle}")
@@ -238,35 +296,43 @@ class Job:
         return metrics
 
     def _train(self, examples, earlier, cycle: int, out: Path):
+        """Train the night's adapter into out (via a .partial directory), then serve it as cycle<N>."""
         import json
+        import shutil
 
-        from sleepy.night.dataset import encode
-        from sleepy.night.trainer import load_base, train, wrap_lora
+        from sleepy.night.fit import fit_night
 
-        night, lora = self.cfg.night, self.cfg.lora
-        model, tokenizer = load_base(self.backend.path, self.cfg.model.device, self.cfg.model.dtype)
         previous = self.adapter_for("day", cycle)
-        init = str(self.adapter_dir(int(previous.removeprefix("cycle")))) if lora.mode == "continue" and previous \
-            else None
-        encoded = [e for e in (encode(tokenizer, x, night.max_length) for x in [*earlier, *examples]) if e]
-        if not encoded:
-            raise ValueError(f"every night example is longer than night.max_length={night.max_length} tokens")
+        previous_dir = self.adapter_dir(int(previous.removeprefix("cycle"))) if previous else None
         tmp = out.with_name(out.name + ".partial")
-        result = train(wrap_lora(model, lora, init), tokenizer, encoded, tmp, steps=night.steps, lr=night.lr,
-                       batch_size=night.batch_size, seed=int(self.cfg.seed) * 1000 + cycle)
+        result = fit_night(self.backend.path, self._groups([*earlier, *examples], cycle), tmp, lora=self.cfg.lora,
+                           night=self.cfg.night, subspace=self.cfg.subspace, device=self.cfg.model.device,
+                           dtype=self.cfg.model.dtype, seed=int(self.cfg.seed) * 1000 + cycle, previous=previous_dir,
+                           sources=self._sources())
         with open(tmp / "examples.jsonl", "w", encoding="utf-8") as f:
             for x in examples:
                 f.write(json.dumps({"koan_id": x.koan_id, "source": x.source, "messages": list(x.messages),
                                     "response": x.response}) + "\n")
-        (tmp / "DONE").write_text(json.dumps({"cycle": cycle, "episodes_version": self.store.version()}))
+        (tmp / "DONE").write_text(json.dumps({"cycle": cycle, "episodes_version": self.store.version(),
+                                              "tasks": result.tasks}))
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
         tmp.rename(out)
-        result.adapter_dir = str(out)
         self.backend.load_adapter(f"cycle{cycle}", str(out))
         return result
+
+    def _groups(self, examples, cycle: int) -> dict[str, list]:
+        """The night's tasks: one (named for the night), or one per koan family under subspace.route=family."""
+        if self.cfg.subspace.method == "none" or self.cfg.subspace.route == "mean":
+            return {f"night{cycle}": examples}
+        family = {k.id: k.family for k in self.pack.koans}
+        groups: dict[str, list] = {}
+        for x in examples:
+            groups.setdefault(family[x.koan_id], []).append(x)
+        return dict(sorted(groups.items()))
+
+    def _sources(self) -> list[Path]:
+        return _uwsh_sources(self.cfg, exclude=self.adapters_root) if self.cfg.subspace.method == "uwsh" else []
 
 
 def _replay(store, run_id: str, cycle: int, train: dict, fraction: float, n_new: int, seed: int):

@@ -15,9 +15,12 @@ from sleepy.episodes import EpisodeStore
 
 
 def sleepy(tmp_path, *overrides):
+    """+experiment=smoke on three borrow_checker koans, with `overrides` taking precedence."""
     env = dict(os.environ, SLEEPY_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "sleepy", "+experiment=smoke", "koans=borrow_checker", "koans.count=3",
-                        "agent.max_tokens=600", "lora=r32", "night.steps=200", "night.lr=5e-3",
+    given = {o.split("=", 1)[0] for o in overrides}
+    base = [o for o in ("koans=borrow_checker", "koans.count=3", "agent.max_tokens=600", "lora=r32", "night.steps=200",
+                        "night.lr=5e-3") if o.split("=", 1)[0] not in given]
+    r = subprocess.run([sys.executable, "-m", "sleepy", "+experiment=smoke", *base,
                         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"episodes.uri={tmp_path}/episodes",
                         f"adapters_dir={tmp_path}/adapters", f"hydra.run.dir={tmp_path}/run-{len(overrides)}",
                         *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -51,27 +54,90 @@ def test_one_night_on_reference_fixes_makes_the_next_day_pass(tmp_path):
     assert "night.1.episodes_version" in run.data.tags
 
 
-@pytest.mark.slow
-def test_rank_sweep_on_tiny_gives_one_report_row_per_rank(tmp_path):
-    """-m +experiment=smoke lora=r4,r8 seed=0,1 with joblib: 4 runs in one experiment; sleepy-report groups them."""
+FEW = ["koans=borrow_checker", "koans.count=1", "agent.max_attempts=1", "agent.max_tokens=100",
+       "night.targets=[reference]", "night.steps=5"]
+
+
+def report(tmp_path, experiment):
     import json
 
-    env = dict(os.environ, SLEEPY_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "sleepy", "-m", "+experiment=smoke", "koans=borrow_checker",
-                        "koans.count=1", "night.steps=5", "lora=r4,r8", "seed=0,1", "hydra/launcher=joblib",
-                        "hydra.launcher.n_jobs=2", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-                        f"episodes.uri={tmp_path}/episodes", f"adapters_dir={tmp_path}/adapters",
-                        f"hydra.sweep.dir={tmp_path}/multirun"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=1200)
-    assert r.returncode == 0, r.stderr[-4000:]
-    r = subprocess.run([sys.executable, "-m", "sleepy.report", "--experiment", "smoke", "--tracking-uri",
+    r = subprocess.run([sys.executable, "-m", "sleepy.report", "--experiment", experiment, "--tracking-uri",
                         f"sqlite:///{tmp_path}/mlflow.db", "--json"], cwd=ROOT, capture_output=True, text=True)
-    report = json.loads(r.stdout)
-    rows = {row["config"]["lora.r"]: row for row in report["rows"]}
-    assert sorted(rows) == ["4", "8"] and [rows[k]["n_runs"] for k in ("4", "8")] == [2, 2]
-    params = {k: rows[k]["metrics"]["night/trainable_params"]["mean"] for k in rows}
-    assert params["8"] == 2 * params["4"] > 0  # LoRA parameters grow linearly with the rank
-    assert {"eval/pass_rate", "day/pass_rate"} <= set(rows["4"]["metrics"])
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.slow
+def test_rank_by_subspace_sweep_gives_one_report_row_per_configuration(tmp_path):
+    """-m +experiment=lora lora=r4,r8 subspace=none,share seed=0,1 with joblib: 8 runs in one experiment;
+    sleepy-report has one row per (rank, subspace) over the two seeds, with the trainable parameters."""
+    env = dict(os.environ, SLEEPY_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "sleepy", "-m", "+experiment=lora", "lora=r4,r8", "subspace=none,share",
+                        "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "cycles=2", *FEW,
+                        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"episodes.uri={tmp_path}/episodes",
+                        f"adapters_dir={tmp_path}/adapters", f"hydra.sweep.dir={tmp_path}/multirun"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    result = report(tmp_path, "lora")
+    rows = {(row["config"]["lora.r"], row["config"]["subspace.method"]): row for row in result["rows"]}
+    assert sorted(rows) == [("4", "none"), ("4", "share"), ("8", "none"), ("8", "share")]
+    assert all(row["n_runs"] == 2 for row in rows.values())
+
+    def params(key, metric="night/trainable_params"):
+        return rows[key]["metrics"][metric]["mean"]
+
+    assert params(("8", "none")) == 2 * params(("4", "none")) > 0  # LoRA grows linearly with the rank
+    for rank in ("4", "8"):
+        assert params((rank, "share"), "night/trainable_params_lora_equivalent") == params((rank, "none"))
+        assert 0 < params((rank, "share")) < params((rank, "none"))  # the last night trained coefficients only
+        assert {"eval/pass_rate", "day/pass_rate"} <= set(rows[(rank, "share")]["metrics"])
+    r = subprocess.run([sys.executable, "-m", "sleepy.report", "--experiment", "lora", "--tracking-uri",
+                        f"sqlite:///{tmp_path}/mlflow.db"], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, COLUMNS="250"))
+    assert "trainable_params" in r.stdout and "share" in r.stdout
+
+
+@pytest.mark.slow
+def test_share_with_family_routing_serves_each_koan_its_familys_adapter(tmp_path):
+    from sleepy.koans import load_pack
+    from sleepy.routing import family_by_code
+    from sleepy.sandbox import Sandbox
+
+    sleepy(tmp_path, "subspace=share", "subspace.route=family", "koans=all", "koans.count=1", "cycles=2",
+           "agent.max_tokens=100", "night.steps=5")
+    store = EpisodeStore(tmp_path / "episodes")
+    run_id = store.frame(stage="day", cycle=1)["run_id"][0]
+    night2 = tmp_path / "adapters" / run_id / "cycle2"
+    routes = sorted(p.name for p in (night2 / "routes").iterdir())
+    assert routes == sorted({k.family for k in load_pack().select(split="train", count=1)})
+
+    pack = load_pack()
+    codes = family_by_code(k for k in pack.koans if k.split == "train")
+    sandbox = Sandbox(cache_dir=tmp_path / "verdicts")
+    evals = store.frame(run_id=run_id, stage="eval", cycle=2)
+    routed = 0
+    for row in evals.iter_rows(named=True):
+        koan = next(k for k in pack.koans if k.id == row["koan_id"])
+        family = next((codes[c] for c in sandbox.judge(koan.code, koan.tests).error_codes if c in codes), None)
+        want = f"cycle2-{family}" if family in routes else "cycle2"
+        assert row["adapter"] == want, (koan.id, family)
+        routed += want != "cycle2"
+    assert routed >= 3  # most eval koans report an error code the train koans declare
+
+
+@pytest.mark.slow
+def test_uwsh_takes_its_basis_from_an_earlier_runs_adapters(tmp_path):
+    sleepy(tmp_path, "cycles=1", "night.steps=5", "agent.max_tokens=100")  # a plain LoRA run leaves an adapter
+    sleepy(tmp_path, "subspace=uwsh", f"subspace.source={tmp_path}/adapters", "experiment_name=uwsh", "cycles=2",
+           "night.steps=5", "agent.max_tokens=100")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("uwsh").experiment_id])[0]
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "night/trainable_params")}
+    lora = run.data.metrics["night/trainable_params_lora_equivalent"]
+    assert run.data.metrics["night/subspace_sources"] == 1
+    assert 0 < history[1] == history[2] < lora / 2  # both nights train coefficients on the fixed basis
 
 
 @pytest.mark.slow

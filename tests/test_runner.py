@@ -69,3 +69,47 @@ def test_main_job_smoke_experiment_runs_offline(tmp_path):
     assert (tmp_path / "adapters" / run.info.run_id / "cycle2" / "adapter_model.safetensors").exists()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapters")}
     assert artifacts == {"adapters/cycle1", "adapters/cycle2"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def night_refused(tmp_path, cache, *overrides):
+    """Run a cycle that must be refused before any koan is attempted; its stderr."""
+    rc, _, err = run_cli("-m", "sleepy", "stage=cycle", *overrides, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                         f"episodes.uri={tmp_path}/episodes", f"adapters_dir={tmp_path}/adapters",
+                         f"hydra.run.dir={tmp_path}/run", env_extra={"SLEEPY_CACHE_DIR": str(cache)})
+    assert rc == 2 and "Traceback" not in err, err[-2000:]
+    from sleepy.episodes import EpisodeStore
+
+    assert EpisodeStore(tmp_path / "episodes").frame().height == 0  # refused before the first koan
+    return err
+
+
+def test_a_bad_subspace_choice_names_the_valid_ones():
+    rc, _, err = run_cli("-m", "sleepy", "subspace.method=lora")
+    assert rc == 2 and "subspace.method" in err and "none, share, uwsh" in err
+    rc, _, err = run_cli("-m", "sleepy", "+experiment=share_lora", "subspace.route=koan")
+    assert rc == 2 and "subspace.route" in err and "mean, family" in err
+
+
+def test_a_subspace_without_its_k_rule_is_refused_at_start(tmp_path, cache):
+    err = night_refused(tmp_path, cache, "subspace=share", "subspace.k=null")
+    assert "exactly one of subspace.k and subspace.explained_variance" in err
+
+
+def test_uwsh_without_source_adapters_is_refused_at_start(tmp_path, cache):
+    (tmp_path / "empty").mkdir()
+    err = night_refused(tmp_path, cache, "subspace=uwsh", f"subspace.source={tmp_path}/empty")
+    assert f"subspace.source={tmp_path}/empty: no peft LoRA adapter there" in err
+
+
+def test_unsloth_without_a_gpu_is_refused_at_start(tmp_path, cache):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    err = night_refused(tmp_path, cache, "night.trainer=unsloth")
+    assert "night.trainer=unsloth needs a CUDA GPU" in err

@@ -93,3 +93,19 @@ def write_adapter(path: str | Path, factors: Factors, config: dict) -> Path:
         lora_config.save_pretrained(str(tmp))
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
     return Path(path)
+
+
+def find_adapters(root: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """Every peft LoRA directory under `root` (sorted), leaving out those under `exclude` and unfinished ones."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"subspace.source: {root} is not a directory")
+    skip = Path(exclude).resolve() if exclude else None
+    found = []
+    for config in sorted(root.rglob(CONFIG)):
+        path = config.parent
+        unfinished = any(part.startswith(".") or part.endswith(".partial") for part in path.relative_to(root).parts)
+        if unfinished or not (path / WEIGHTS).exists() or (skip and path.resolve().is_relative_to(skip)):
+            continue
+        found.append(path)
+    return found

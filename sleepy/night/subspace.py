@@ -97,8 +97,8 @@ def _share_params(d_in: int, d_out: int, k_A: int, k_B: int, r: int, phi: int) -
 class Subspace:
     """Per-module bases and per-task coefficients of a set of LoRA adapters.
 
-    bases[module] = (basis_B (d_out x k), basis_A (d_in x k)); tasks[i][module] = (eps_alpha, eps_beta);
-    kept[module] = fraction of the centred variance each basis kept (B side, A side), for logging.
+    bases[module] = (basis_B (d_out x k), basis_A (d_in x k)); tasks[i][module] = (eps_alpha, eps_beta), the task
+    named names[i]; kept[module] = fraction of the centred variance each basis kept (B side, A side), for logging.
     """
 
     def __init__(self, method: str, k: int | None = None, explained_variance: float | None = None):
@@ -110,6 +110,7 @@ class Subspace:
         self.explained_variance = explained_variance
         self.bases: dict[str, tuple[Tensor, Tensor]] = {}
         self.tasks: list[Coefficients] = []
+        self.names: list[str] = []
         self.kept: dict[str, tuple[float, float]] = {}
 
     @classmethod
@@ -121,6 +122,7 @@ class Subspace:
         sub._set_bases(adapters)
         if method == "share":
             sub.tasks = [sub.project(a) for a in adapters]
+            sub.names = [f"task{i}" for i in range(len(adapters))]
         return sub
 
     def _set_bases(self, adapters: list[Factors], spans: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
@@ -159,24 +161,36 @@ class Subspace:
             factors[name] = ((basis_A @ eps_alpha).T.contiguous(), basis_B @ eps_beta)
         return factors
 
-    def add_task(self, factors: Factors) -> int:
-        """Add a trained task and return its index. UWSH: project it on the fixed basis. Share: merge it."""
+    def add_task(self, factors: Factors, name: str | None = None) -> int:
+        """Add a trained task (replacing the task of the same name) and return its index.
+        UWSH: project it on the fixed basis. Share: merge it."""
+        name = name or f"task{len(self.tasks)}"
         if self.method == "share":
-            self.merge(factors)
-        elif not self.bases:
+            return self.merge(factors, name)
+        if not self.bases:
             raise ValueError("a uwsh subspace needs a basis first: Subspace.fit(adapters, 'uwsh', ...)")
+        if name in self.names:
+            self.tasks[self.names.index(name)] = self.project(factors)
         else:
             self.tasks.append(self.project(factors))
-        return len(self.tasks) - 1
+            self.names.append(name)
+        return self.names.index(name)
 
-    def merge(self, factors: Factors) -> None:
-        """Share's update: reconstruct every task, stack them with `factors`, rebuild the bases (same k rule) and
-        re-project every task. The first task seeds the bases."""
+    def task(self, name: str) -> Coefficients | None:
+        """The coefficients of the task called `name`, or None."""
+        return self.tasks[self.names.index(name)] if name in self.names else None
+
+    def merge(self, factors: Factors, name: str | None = None) -> int:
+        """Share's update: reconstruct every task (but an earlier one of the same name, which `factors` replace),
+        stack them with `factors`, rebuild the bases (same k rule) and re-project every task. The first task
+        seeds the bases. Returns the task's index."""
         import torch
 
         if self.method != "share":
             raise ValueError("merge is Share's update; a uwsh basis stays fixed")
-        adapters = [self.reconstruct(task) for task in self.tasks] + [factors]
+        name = name or f"task{len(self.tasks)}"
+        keep = [i for i, n in enumerate(self.names) if n != name]
+        adapters = [self.reconstruct(self.tasks[i]) for i in keep] + [factors]
         spans = None
         if self.bases:
             # Every reconstructed task lies in the old bases, so the new one lies in span(old basis, new factor):
@@ -191,13 +205,17 @@ class Subspace:
             }
         self._set_bases(adapters, spans)
         self.tasks = [self.project(a) for a in adapters]
+        self.names = [self.names[i] for i in keep] + [name]
+        return len(self.tasks) - 1
 
-    def export(self, task: int | None = None) -> Factors:
+    def export(self, task: int | str | None = None) -> Factors:
         """Rank-r LoRA factors of one task, or of the tasks' averaged coefficients when `task` is None."""
         import torch
 
         if not self.tasks:
             raise ValueError("the subspace holds no tasks")
+        if isinstance(task, str):
+            task = self.names.index(task)
         if task is not None:
             return self.reconstruct(self.tasks[task])
         mean = {
@@ -232,6 +250,7 @@ class Subspace:
             "explained_variance": self.explained_variance,
             "modules": sorted(self.bases),
             "tasks": len(self.tasks),
+            "names": self.names,
             "kept": {name: list(kept) for name, kept in self.kept.items()},
         }
         with staged_dir(path) as tmp:
@@ -253,6 +272,7 @@ class Subspace:
             {name: (tensors[f"task.{i}.{name}.alpha"], tensors[f"task.{i}.{name}.beta"]) for name in meta["modules"]}
             for i in range(meta["tasks"])
         ]
+        sub.names = meta.get("names") or [f"task{i}" for i in range(meta["tasks"])]
         sub.kept = {name: tuple(kept) for name, kept in meta["kept"].items()}
         return sub
 

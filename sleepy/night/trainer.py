@@ -1,7 +1,11 @@
-"""LoRA training with peft: a plain loop you can read top to bottom, on the CPU or the GPU.
+"""LoRA training: a plain loop you can read top to bottom, on the CPU or the GPU.
 
     load base -> wrap in LoRA (new, or continue the last adapter) -> AdamW over shuffled batches,
     loss on answer tokens only -> save a standard peft LoRA directory
+
+`night.trainer` picks who loads and wraps the model: peft (transformers + peft, CPU or GPU) or unsloth
+(the `gpu` extra: its patched kernels, CUDA only); the loop is the same. `auto` takes unsloth when a GPU
+and the package are there, else peft.
 """
 
 from __future__ import annotations
@@ -29,28 +33,71 @@ class TrainResult:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def load_base(path: str, device: str = "auto", dtype: str = "auto"):
+def unsloth_available() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None
+
+
+def resolve_trainer(name: str) -> str:
+    """peft | unsloth for night.trainer = peft | unsloth | auto; unsloth without a GPU or the package is refused."""
+    if name == "auto":
+        return "unsloth" if unsloth_available() else "peft"
+    if name == "unsloth" and not unsloth_available():
+        import torch
+
+        why = "no CUDA GPU is visible" if not torch.cuda.is_available() else "the unsloth package is not installed"
+        raise ValueError(f"night.trainer=unsloth needs a CUDA GPU and the gpu extra (pip install -e '.[gpu]'): {why}; "
+                         "use night.trainer=peft or auto")
+    return name
+
+
+def import_unsloth() -> None:
+    """unsloth patches transformers and peft when imported, so it must come first: call before they load."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import unsloth  # noqa: F401
+
+
+def load_base(path: str, device: str = "auto", dtype: str = "auto", trainer: str = "peft", max_length: int = 4096):
     """The base model and tokenizer for training (the same weights the backend serves)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sleepy.models.hf import hub_offline, quiet_progress
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if trainer == "unsloth":
+        import_unsloth()
+        from unsloth import FastLanguageModel
+
+        return FastLanguageModel.from_pretrained(model_name=path, max_seq_length=max_length,
+                                                 dtype=getattr(torch, dtype), load_in_4bit=False)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sleepy.models.hf import hub_offline, quiet_progress
+
     with quiet_progress():
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=hub_offline())
     return model.to(device), tokenizer
 
 
-def wrap_lora(model, lora, init_adapter: str | None = None):
+def wrap_lora(model, lora, init_adapter: str | None = None, trainer: str = "peft", seed: int = 0):
     """A trainable peft model: a fresh LoRA from `lora` settings, or the adapter at init_adapter to continue."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if init_adapter:
         return PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    if trainer == "unsloth":
+        from unsloth import FastLanguageModel
+
+        return FastLanguageModel.get_peft_model(model, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                target_modules=list(lora.target_modules), bias="none",
+                                                use_gradient_checkpointing=False, random_state=seed)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM", bias="none")
     return get_peft_model(model, config)
@@ -68,9 +115,10 @@ def batches(encoded: list[dict], batch_size: int, pad_id: int, rng: random.Rando
                [e["labels"] + [-100] * (width - len(e["labels"])) for e in chunk])
 
 
-def train(model, tokenizer, encoded: list[dict], out_dir: str | Path, *, steps: int, lr: float, batch_size: int,
+def train(model, tokenizer, encoded: list[dict], out_dir: str | Path | None, *, steps: int, lr: float, batch_size: int,
           seed: int = 0, on_step=None) -> TrainResult:
-    """Train `model` (a peft model) for `steps` optimizer steps over `encoded`; save the adapter to out_dir."""
+    """Train `model` (a peft model) for `steps` optimizer steps over `encoded`; save the adapter to out_dir
+    (None: the caller reads the trained factors itself)."""
     import torch
 
     torch.manual_seed(seed)
@@ -92,7 +140,7 @@ def train(model, tokenizer, encoded: list[dict], out_dir: str | Path, *, steps: 
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             tokens += int(mask.sum())
             step += 1
             if on_step:
@@ -103,8 +151,9 @@ def train(model, tokenizer, encoded: list[dict], out_dir: str | Path, *, steps: 
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     model.eval()
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out_dir))
     trainable = sum(p.numel() for p in params)
-    return TrainResult(str(out_dir), len(encoded), step, tokens, seconds, losses[0] if losses else math.nan,
+    return TrainResult(str(out_dir or ""), len(encoded), step, tokens, seconds, losses[0] if losses else math.nan,
                        losses[-1] if losses else math.nan, trainable)

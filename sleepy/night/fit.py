@@ -1,0 +1,130 @@
+"""One night's training, a plain LoRA or subspace tasks, into one standard peft LoRA directory.
+
+    subspace=none:  all examples -> LoRA (fresh, or the last adapter continued) -> the adapter
+    share | uwsh:   per task (the night, or each koan family under route=family):
+                      coefficients (+ phi temporary directions) on the bases -> effective factors
+                      -> share: merge (re-SVD, re-project every task) | uwsh: project on the fixed basis
+                    share's first task has no basis yet: it trains a plain LoRA that seeds it;
+                    uwsh's basis comes once from the adapters under subspace.source
+                    -> the tasks' averaged coefficients, exported as the rank-r adapter; each task's own
+                       under routes/<task>/; the subspace (bases, coefficients) under subspace/
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class NightFit:
+    steps: int
+    tokens: int
+    seconds: float
+    loss_first: float
+    loss_last: float
+    trainable_params: int  # what one task trains (the last one)
+    lora_params: int  # what a plain rank-r LoRA on the same modules trains
+    tasks: list[str]
+    basis_columns: float = math.nan  # mean basis columns per module and side
+    kept: float = math.nan  # mean share of the adapters' centred variance the bases keep
+    sources: int = 0  # uwsh: adapters the basis was extracted from
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def fit_night(path: str, groups: dict[str, list], out: Path, *, lora, night, subspace, device: str = "auto",
+              dtype: str = "auto", seed: int = 0, previous: Path | None = None,
+              sources: list[Path] = ()) -> NightFit:
+    """Train on `groups` (task name -> examples) and write the adapter to `out`. `previous`: the last night's
+    adapter directory (its adapter to continue, its subspace to extend); `sources`: uwsh's adapters."""
+    from sleepy.night.dataset import encode
+    from sleepy.night.trainer import load_base, resolve_trainer, train, wrap_lora
+
+    trainer = resolve_trainer(night.trainer) if subspace.method == "none" else "peft"  # coefficients: peft's forward
+    model, tokenizer = load_base(path, device, dtype, trainer, night.max_length)
+    encoded = {name: [e for e in (encode(tokenizer, x, night.max_length) for x in examples) if e]
+               for name, examples in groups.items()}
+    encoded = {name: e for name, e in encoded.items() if e}
+    if not encoded:
+        raise ValueError(f"every night example is longer than night.max_length={night.max_length} tokens")
+
+    def fit(peft, examples, task_seed):
+        return train(peft, tokenizer, examples, None, steps=night.steps, lr=night.lr, batch_size=night.batch_size,
+                     seed=task_seed)
+
+    if subspace.method == "none":
+        init = str(previous) if lora.mode == "continue" and previous else None
+        peft = wrap_lora(model, lora, init, trainer, seed)
+        examples = [e for group in encoded.values() for e in group]
+        r = fit(peft, examples, seed)
+        peft.save_pretrained(str(out))
+        return NightFit(r.steps, r.tokens, r.seconds, r.loss_first, r.loss_last, r.trainable_params,
+                        r.trainable_params, list(encoded))
+    return _fit_subspace(model, path, encoded, out, fit, lora=lora, subspace=subspace, seed=seed,
+                         previous=previous, sources=sources)
+
+
+def _fit_subspace(model, path, encoded, out, fit, *, lora, subspace, seed, previous, sources) -> NightFit:
+    import torch
+
+    from sleepy.night.adapter_io import write_adapter
+    from sleepy.night.coefficients import attach, factors, fresh, shapes
+    from sleepy.night.subspace import Subspace
+    from sleepy.night.trainer import wrap_lora
+
+    k, ev = subspace.k, subspace.explained_variance
+    peft = wrap_lora(model, lora, None, "peft", seed)
+    saved = previous / "subspace" if previous else None
+    sub, n_sources = None, 0
+    if saved and saved.exists():
+        sub = Subspace.load(saved)
+    elif subspace.method == "uwsh":
+        adapters = _fitting(sources, shapes(peft), subspace.source)
+        sub, n_sources = Subspace.fit(adapters, "uwsh", k, ev), len(adapters)
+    results, generator = [], torch.Generator().manual_seed(seed)
+    trainable = lora_equivalent = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    for i, (name, examples) in enumerate(encoded.items()):
+        if sub is not None:  # else share's first task: a plain LoRA seeds the basis
+            init = sub.task(name) if lora.mode == "continue" else None
+            if init is None and lora.mode == "continue" and sub.tasks:
+                init = sub.tasks[-1]
+            trainable = attach(peft, sub, init or fresh(sub, lora.r, generator), subspace.phi, seed + i)
+            lora_equivalent = sub.lora_params(lora.r)
+        results.append(fit(peft, examples, seed * 1000 + i))
+        if sub is None:
+            sub = Subspace("share", k, ev)
+        sub.add_task(factors(peft), name)
+
+    config = {"lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "base_model_name_or_path": path, "r": lora.r}
+    write_adapter(out, sub.export(None), config)  # first: it replaces the directory
+    sub.save(out / "subspace")
+    if subspace.route == "family":
+        for name in sub.names:
+            write_adapter(out / "routes" / name, sub.export(name), config)
+    columns = [b.shape[1] for pair in sub.bases.values() for b in pair]
+    kept = [v for pair in sub.kept.values() for v in pair]
+    return NightFit(sum(r.steps for r in results), sum(r.tokens for r in results), sum(r.seconds for r in results),
+                    sum(r.loss_first for r in results) / len(results), sum(r.loss_last for r in results) / len(results),
+                    trainable, lora_equivalent, list(sub.names), sum(columns) / len(columns), sum(kept) / len(kept),
+                    n_sources)
+
+
+def _fitting(sources: list[Path], model_shapes: dict, source: str | None) -> list:
+    """The factors of the source adapters that fit the model's LoRA layers (any rank)."""
+    from sleepy.night.adapter_io import read_adapter
+
+    out = []
+    for path in sources:
+        factors, _ = read_adapter(path)
+        if set(factors) == set(model_shapes) and all(
+                A.shape[1] == model_shapes[m][0][1] and B.shape[0] == model_shapes[m][1][0]
+                for m, (A, B) in factors.items()):
+            out.append(factors)
+    if not out:
+        raise ValueError(f"subspace.source={source}: none of its {len(sources)} peft adapters fits this model's LoRA "
+                         "layers (same base model and lora.target_modules); uwsh extracts its basis from them")
+    return out
