@@ -147,9 +147,8 @@ def test_a_killed_run_is_marked_killed_by_the_next_job(tmp_path):
     with ScriptedLLMServer(script, latency_s=2.0) as server:
         proc = sleepy(tmp_path, server, popen=True)
         deadline = time.time() + 120
-        while time.time() < deadline and not (tmp_path / "mlflow.db").exists():
-            time.sleep(0.1)
-        time.sleep(8)
+        while time.time() < deadline and not server.log:  # the run has started and a model call is in flight
+            time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         server.latency_s = 0
