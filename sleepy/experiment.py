@@ -293,6 +293,13 @@ class Job:
         self.tracker.log_artifacts(out, f"adapters/cycle{cycle}")
         print(f"night {cycle}: {len(examples)} new examples ({stats}), {result.steps} steps, "
               f"loss {result.loss_first:.3f} -> {result.loss_last:.3f}, {result.tokens_per_s:.0f} tokens/s")
+        if self.cfg.subspace.method != "none":
+            print(f"night {cycle}: {self.cfg.subspace.method} subspace, {result.basis_columns:.0f} basis columns per "
+                  f"module and side keep {result.kept:.1%} of the adapters' variance; a task trains "
+                  f"{result.trainable_params:,} parameters ({result.lora_params:,} for LoRA r={self.cfg.lora.r})")
+            if result.kept < 0.95:
+                print(f"warning: the exported adapters lose {1 - result.kept:.1%} of their variance to the subspace; "
+                      f"raise subspace.k (k >= lora.r keeps a first night exact)", file=sys.stderr)
         return metrics
 
     def _train(self, examples, earlier, cycle: int, out: Path):
