@@ -181,3 +181,20 @@ def test_the_family_comes_from_the_compilers_error_code(sandbox):
         routed[koan.family, router.family(verdict)] = router(verdict)
     assert routed[("borrow_checker", "borrow_checker")] == "c1-borrow_checker"
     assert routed[("type_mismatch", "type_mismatch")] == "c1"  # no adapter for that family: the averaged one
+
+
+def test_a_basis_that_spans_a_side_leaves_no_room_and_needs_no_temporary_direction(tiny):
+    """k_proj's output side on tiny is 32-dimensional: a 32-column basis fills it, phi applies to the other sides."""
+    model, _ = load_base(tiny, "cpu")
+    peft = wrap_lora(model, LoraConfig(r=32, alpha=64))
+    with torch.no_grad():
+        for layer in lora_layers(peft).values():
+            layer.lora_B["default"].weight.normal_()
+    sub = Subspace.fit([factors(peft)], "share", k=32)
+    assert sub.bases["model.layers.0.self_attn.k_proj"][0].shape == (32, 32)
+    n = attach(peft, sub, fresh(sub, 32, torch.Generator().manual_seed(0)), phi=1)
+    assert n == sub.trainable_params(32, phi=1)
+    sides = [basis for pair in sub.bases.values() for basis in pair]
+    room = [b for b in sides if b.shape[0] > b.shape[1]]
+    assert 0 < len(room) < len(sides)  # k_proj and v_proj's output sides are full
+    assert sub.trainable_params(32, phi=1) - sub.trainable_params(32, phi=0) == sum(b.shape[0] + 32 for b in room)

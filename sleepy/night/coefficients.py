@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sleepy.night.subspace import Coefficients, Factors, Subspace
+from sleepy.night.subspace import Coefficients, Factors, Subspace, temporary_count
 
 PEFT_PREFIX = "base_model.model."
 
@@ -74,11 +74,10 @@ def fresh(subspace: Subspace, r: int, generator: torch.Generator) -> Coefficient
 
 
 def _temporary(basis: torch.Tensor, phi: int, generator: torch.Generator) -> torch.Tensor:
-    """phi random orthonormal columns orthogonal to `basis` (d x phi)."""
+    """Random orthonormal columns orthogonal to `basis`: phi of them, or as many as the space leaves (a basis that
+    spans it needs none)."""
     d = basis.shape[0]
-    if phi > d - basis.shape[1]:
-        raise ValueError(f"subspace.phi={phi} temporary directions do not fit beside a basis of {basis.shape[1]} "
-                         f"columns in dimension {d}")
+    phi = temporary_count(phi, d, basis.shape[1])
     g = torch.randn(d, phi, generator=generator)
     g = g - basis @ (basis.T @ g)
     return torch.linalg.qr(g).Q[:, :phi]
@@ -104,9 +103,9 @@ def attach(model, subspace: Subspace, init: Coefficients, phi: int = 0, seed: in
                              f"{tuple(B.shape)}")
         r = A.shape[0]
         temp_A, temp_B = _temporary(basis_A, phi, generator), _temporary(basis_B, phi, generator)
-        temp_alpha = torch.randn(phi, r, generator=generator) / (3 * max(phi, 1)) ** 0.5
+        temp_alpha = torch.randn(temp_A.shape[1], r, generator=generator) / (3 * max(temp_A.shape[1], 1)) ** 0.5
         device = A.device
         layer.lora_A["default"] = SubspaceFactor(basis_A, eps_alpha, temp_A, temp_alpha, transpose=True).to(device)
-        layer.lora_B["default"] = SubspaceFactor(basis_B, eps_beta, temp_B, torch.zeros(phi, r),
+        layer.lora_B["default"] = SubspaceFactor(basis_B, eps_beta, temp_B, torch.zeros(temp_B.shape[1], r),
                                                  transpose=False).to(device)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -90,8 +90,14 @@ def build_basis(
 
 def _share_params(d_in: int, d_out: int, k_A: int, k_B: int, r: int, phi: int) -> int:
     """Trainable parameters of one module under Share: the coefficients of both sides, plus phi temporary
-    directions per side (their basis columns and coefficient rows)."""
-    return (k_A + k_B) * r + phi * (d_in + d_out) + 2 * phi * r
+    directions per side (their basis columns and coefficient rows), as many as fit beside the basis."""
+    phi_A, phi_B = temporary_count(phi, d_in, k_A), temporary_count(phi, d_out, k_B)
+    return (k_A + k_B) * r + phi_A * d_in + phi_B * d_out + (phi_A + phi_B) * r
+
+
+def temporary_count(phi: int, d: int, k: int) -> int:
+    """Temporary directions a side gets: phi, but no more than the dimensions its k-column basis leaves free."""
+    return max(0, min(phi, d - k))
 
 
 class Subspace:
