@@ -72,8 +72,8 @@ def train_arm(path: str, trainer: str, steps: int, batch: int) -> dict:
     model, tokenizer = load_base(path, trainer=trainer)
     peft = wrap_lora(model, LORA, None, trainer)
     data = examples(path, 16)
-    train(peft, tokenizer, data, None, steps=2, lr=1e-4, batch_size=batch)  # warm-up: kernels, allocator
-    r = train(peft, tokenizer, data, None, steps=steps, lr=1e-4, batch_size=batch)
+    train(peft, tokenizer, data, steps=2, lr=1e-4, batch_size=batch)  # warm-up: kernels, allocator
+    r = train(peft, tokenizer, data, steps=steps, lr=1e-4, batch_size=batch)
     return {"arm": f"train/{trainer}", "tokens_per_s": r.tokens_per_s, "steps": r.steps, "seconds": r.seconds}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from types import SimpleNamespace
 
@@ -67,9 +66,8 @@ def main() -> None:
     for _ in range(args.repeat):  # interleaved, so drift in machine load hits both alike
         theirs.append(bare(path, encoded, args.steps, 4))
         model, _ = load_base(path, "cpu")
-        with tempfile.TemporaryDirectory() as d:
-            ours.append(train(wrap_lora(model, LORA), tokenizer, encoded, d, steps=args.steps, lr=5e-3,
-                              batch_size=4).tokens_per_s)
+        ours.append(train(wrap_lora(model, LORA), tokenizer, encoded, steps=args.steps, lr=5e-3,
+                          batch_size=4).tokens_per_s)
         shared.append(share_task(path, tokenizer, encoded, args.steps))
     o, t, sh = statistics.median(ours), statistics.median(theirs), statistics.median(shared)
     print(f"night training, tiny model, {len(encoded)} examples, {args.steps} steps x {args.repeat}, "
@@ -89,7 +87,7 @@ def share_task(path: str, tokenizer, encoded: list[dict], steps: int) -> float:
             layer.lora_B["default"].weight.normal_(std=0.02)
     sub = Subspace.fit([factors(peft)], "share", k=16)
     attach(peft, sub, fresh(sub, LORA.r, torch.Generator().manual_seed(0)), phi=1)
-    return train(peft, tokenizer, encoded, None, steps=steps, lr=5e-3, batch_size=4).tokens_per_s
+    return train(peft, tokenizer, encoded, steps=steps, lr=5e-3, batch_size=4).tokens_per_s
 
 
 if __name__ == "__main__":

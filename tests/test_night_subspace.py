@@ -73,7 +73,7 @@ def test_a_trained_coefficient_task_exports_to_a_plain_peft_adapter_with_the_sam
     sub = Subspace.fit([factors(peft)], "uwsh", k=4)
     attach(peft, sub, fresh(sub, LORA.r, torch.Generator().manual_seed(1)), phi=0)
     encoded = [{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [-100, -100, 9, 13, 2, 7]}] * 4
-    result = train(peft, tokenizer, encoded, None, steps=6, lr=1e-2, batch_size=2)
+    result = train(peft, tokenizer, encoded, steps=6, lr=1e-2, batch_size=2)
     assert result.loss_last < result.loss_first
     ids = torch.tensor([[1, 5, 9, 13, 2]])
     trained = logits(peft, ids)

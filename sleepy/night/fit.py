@@ -53,7 +53,7 @@ def fit_night(path: str, groups: dict[str, list], out: Path, *, lora, night, sub
         raise ValueError(f"every night example is longer than night.max_length={night.max_length} tokens")
 
     def fit(peft, examples, task_seed):
-        return train(peft, tokenizer, examples, None, steps=night.steps, lr=night.lr, batch_size=night.batch_size,
+        return train(peft, tokenizer, examples, steps=night.steps, lr=night.lr, batch_size=night.batch_size,
                      seed=task_seed)
 
     if subspace.method == "none":

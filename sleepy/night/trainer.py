@@ -1,7 +1,7 @@
 """LoRA training: a plain loop you can read top to bottom, on the CPU or the GPU.
 
     load base -> wrap in LoRA (new, or continue the last adapter) -> AdamW over shuffled batches,
-    loss on answer tokens only -> save a standard peft LoRA directory
+    loss on answer tokens only -> (night/fit.py) save a standard peft LoRA directory, or read a subspace task back
 
 `night.trainer` picks who loads and wraps the model: peft (transformers + peft, CPU or GPU) or unsloth
 (the `gpu` extra: its patched kernels, CUDA only); the loop is the same. `auto` takes unsloth when a GPU
@@ -14,12 +14,10 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass
 class TrainResult:
-    adapter_dir: str
     examples: int
     steps: int
     tokens: int
@@ -115,10 +113,10 @@ def batches(encoded: list[dict], batch_size: int, pad_id: int, rng: random.Rando
                [e["labels"] + [-100] * (width - len(e["labels"])) for e in chunk])
 
 
-def train(model, tokenizer, encoded: list[dict], out_dir: str | Path | None, *, steps: int, lr: float, batch_size: int,
+def train(model, tokenizer, encoded: list[dict], *, steps: int, lr: float, batch_size: int,
           seed: int = 0, on_step=None) -> TrainResult:
-    """Train `model` (a peft model) for `steps` optimizer steps over `encoded`; save the adapter to out_dir
-    (None: the caller reads the trained factors itself)."""
+    """Train `model` (a peft model) for `steps` optimizer steps over `encoded`; the caller saves the adapter
+    (peft's save_pretrained) or reads the trained factors back (a subspace task)."""
     import torch
 
     torch.manual_seed(seed)
@@ -151,9 +149,6 @@ def train(model, tokenizer, encoded: list[dict], out_dir: str | Path | None, *, 
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     model.eval()
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out_dir))
     trainable = sum(p.numel() for p in params)
-    return TrainResult(str(out_dir or ""), len(encoded), step, tokens, seconds, losses[0] if losses else math.nan,
+    return TrainResult(len(encoded), step, tokens, seconds, losses[0] if losses else math.nan,
                        losses[-1] if losses else math.nan, trainable)
