@@ -250,7 +250,6 @@ class Job:
                              "(or night.enabled=false)")
         if not self.backend.path:
             raise ValueError("a night trains on local base weights: set model.path to them")
-        self._sources()
 
     def night(self, cycle: int) -> dict[str, float]:
         """Verified targets for the day's failed train koans (+ replay) -> LoRA -> adapter_<cycle>."""
