@@ -8,6 +8,7 @@ version, which a night records so the episodes that trained an adapter can alway
 from __future__ import annotations
 
 import datetime as dt
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,15 +102,25 @@ class EpisodeStore:
             row["diagnostics"] = row["diagnostics"][:DIAGNOSTICS_CHARS]
             rows.append(row)
         table = pa.Table.from_pylist(rows, schema=schema())
+        self._commit("write episodes", lambda: self._table.add(table))
+        return self.version()
+
+    def _commit(self, what: str, write, done_by: str | None = None) -> None:
+        """Run one write; another job committing to the same table at the same moment makes Lance
+        refuse it as a retryable conflict, so back off (with jitter, so the jobs fall out of step)
+        and try again. A conflict with a concurrent `done_by` transaction means the other job did
+        this very work: nothing is left to do."""
         for attempt in range(self.retries):
             try:
-                self._table.add(table)
-                break
-            except (OSError, RuntimeError) as e:  # a concurrent commit from another job: retry
+                write()
+                return
+            except (OSError, RuntimeError) as e:
+                if done_by and f"concurrent transaction {done_by}" in str(e):
+                    return
                 if attempt == self.retries - 1:
-                    raise RuntimeError(f"episode store {self.uri}: could not write after {self.retries} tries: {e}") from e
-                time.sleep(0.05 * 2**attempt)
-        return self.version()
+                    raise RuntimeError(f"episode store {self.uri}: could not {what} after {self.retries} tries: {e}") \
+                        from e
+                time.sleep(0.05 * 2**attempt * (1 + random.random()))
 
     def version(self) -> int:
         self._table.checkout_latest()
@@ -139,10 +150,13 @@ class EpisodeStore:
         return set(df["koan_id"].to_list())
 
     def index_diagnostics(self) -> None:
-        """(Re)build the full-text index on diagnostics, used to retrieve similar past episodes."""
+        """(Re)build the full-text index on diagnostics, used to retrieve similar past episodes.
+        When parallel jobs index at once, the index committed first stands; rows it does not cover
+        are still searched (unindexed rows are scanned) until the next index."""
         from lancedb.index import FTS
 
-        self._table.create_index("diagnostics", config=FTS(), replace=True)
+        self._commit("index diagnostics",
+                     lambda: self._table.create_index("diagnostics", config=FTS(), replace=True), done_by="CreateIndex")
 
     def search_diagnostics(self, text: str, limit: int = 5, passed: bool | None = None):
         """Episodes whose diagnostics best match text (full-text), as a polars DataFrame."""

@@ -104,3 +104,36 @@ def test_four_concurrent_writers_lose_nothing(tmp_path):
     df = EpisodeStore(uri).frame()
     assert df.height == 4 * 10 * 2
     assert df.group_by("run_id").len()["len"].to_list() == [20, 20, 20, 20]
+
+
+def test_parallel_jobs_writing_and_indexing_one_table_all_succeed(tmp_path):
+    """A joblib sweep's jobs share one episode table and each rebuilds the full-text index after its
+    day: Lance refuses all but one of simultaneous index commits. No job may fail for that, no row may
+    be lost, and every job's rows stay searchable."""
+    import threading
+
+    uri = tmp_path / "ep"
+    EpisodeStore(uri)
+    errors = []
+
+    def job(j):
+        store = EpisodeStore(uri)
+        for i in range(6):
+            try:
+                episodes = attempts(f"k{i}", 1, run_id=f"run{j}")
+                episodes[0].diagnostics = f"error[E0382]: borrow of moved value: `job{j}`"
+                store.add_koan(episodes)
+                store.index_diagnostics()
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=job, args=(j,)) for j in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    store = EpisodeStore(uri)
+    assert store.frame().group_by("run_id").len()["len"].sort().to_list() == [6, 6, 6, 6]
+    for j in range(4):
+        assert set(store.search_diagnostics(f"job{j}", limit=50)["run_id"]) == {f"run{j}"}
