@@ -311,10 +311,11 @@ class Job:
         previous = self.adapter_for("day", cycle)
         previous_dir = self.adapter_dir(int(previous.removeprefix("cycle"))) if previous else None
         tmp = out.with_name(out.name + ".partial")
+        subspace_saved = previous_dir is not None and (previous_dir / "subspace").exists()  # uwsh: sources read once
         result = fit_night(self.backend.path, self._groups([*earlier, *examples], cycle), tmp, lora=self.cfg.lora,
                            night=self.cfg.night, subspace=self.cfg.subspace, device=self.cfg.model.device,
                            dtype=self.cfg.model.dtype, seed=int(self.cfg.seed) * 1000 + cycle, previous=previous_dir,
-                           sources=self._sources())
+                           sources=[] if subspace_saved else self._sources())
         with open(tmp / "examples.jsonl", "w", encoding="utf-8") as f:
             for x in examples:
                 f.write(json.dumps({"koan_id": x.koan_id, "source": x.source, "messages": list(x.messages),
