@@ -45,6 +45,34 @@ def load_error_message(path_or_name: str, offline: bool, cause: BaseException) -
             + "Use model=tiny for offline runs, or set model.path to a local directory holding the weights.")
 
 
+def placement(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """device and dtype names for "auto": the GPU in bfloat16 when there is one, else the CPU in float32."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, dtype
+
+
+def load_pretrained(path_or_name: str, device: str, dtype: str):
+    """(model on `device`, tokenizer) from a local directory or the hub cache; a ModelLoadError that says where
+    it looked and what to do otherwise."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    offline = hub_offline()
+    try:
+        with quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(path_or_name, local_files_only=offline)
+            model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=getattr(torch, dtype),
+                                                         local_files_only=offline)
+    except Exception as e:
+        raise ModelLoadError(load_error_message(path_or_name, offline, e)) from e
+    return model.to(device), tokenizer
+
+
 class HFBackend:
     """A transformers causal LM loaded once; serves batches of chat prompts, with or without a LoRA adapter.
 
@@ -54,29 +82,16 @@ class HFBackend:
 
     def __init__(self, path_or_name: str, name: str | None = None, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 8, seed: int = 0):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.name = name or path_or_name
         self.path = path_or_name  # the base weights, which the night's trainer loads too
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        if dtype == "auto":
-            dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        self.device, dtype = placement(device, dtype)
         self.batch_size = batch_size
         self.seed = seed
-        torch_dtype = getattr(torch, dtype)
-        offline = hub_offline()
-        try:
-            with quiet_progress():
-                self.tokenizer = AutoTokenizer.from_pretrained(path_or_name, local_files_only=offline)
-                model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=torch_dtype,
-                                                             local_files_only=offline)
-        except Exception as e:
-            raise ModelLoadError(load_error_message(path_or_name, offline, e)) from e
+        model, self.tokenizer = load_pretrained(path_or_name, self.device, dtype)
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = model.to(self.device).eval()
+        self.model = model.eval()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {*(eos if isinstance(eos, list) else [eos]), self.tokenizer.eos_token_id} - {None}
 

@@ -63,25 +63,18 @@ def import_unsloth() -> None:
 
 def load_base(path: str, device: str = "auto", dtype: str = "auto", trainer: str = "peft", max_length: int = 4096):
     """The base model and tokenizer for training (the same weights the backend serves)."""
-    import torch
+    from sleepy.models.hf import load_pretrained, placement
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    device, dtype = placement(device, dtype)
     if trainer == "unsloth":
+        import torch
+
         import_unsloth()
         from unsloth import FastLanguageModel
 
         return FastLanguageModel.from_pretrained(model_name=path, max_seq_length=max_length,
                                                  dtype=getattr(torch, dtype), load_in_4bit=False)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sleepy.models.hf import hub_offline, quiet_progress
-
-    with quiet_progress():
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=hub_offline())
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=hub_offline())
-    return model.to(device), tokenizer
+    return load_pretrained(path, device, dtype)
 
 
 def wrap_lora(model, lora, init_adapter: str | None = None, trainer: str = "peft", seed: int = 0):
