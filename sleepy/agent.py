@@ -20,7 +20,7 @@ from sleepy.config import AgentConfig
 from sleepy.episodes import Episode
 from sleepy.koans.model import Koan
 from sleepy.models.base import Generation, SamplingParams
-from sleepy.sandbox import Program, Verdict
+from sleepy.sandbox import Verdict
 
 STRATEGIES = ("plain", "explain", "memory")
 SYSTEM = ("You are an expert Rust programmer. You fix Rust programs so that they compile (edition 2024) "
@@ -132,7 +132,7 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
     router: the adapter for a koan from the verdict on its broken code (else every koan gets ctx.adapter)."""
     if settings.prompt not in STRATEGIES:
         raise ValueError(f"agent.prompt must be one of {', '.join(STRATEGIES)}; got {settings.prompt!r}")
-    first = sandbox.judge_many([Program(k.code, k.tests, k.mode, k.clippy) for k in koans])
+    first = sandbox.judge_many([k.program() for k in koans])
     chains = [Chain(k, s, k.code, v, adapter=router(v) if router else ctx.adapter)
               for k, v in zip(koans, first, strict=True) for s in range(settings.samples)]
     pending = {k.id: settings.samples for k in koans}
@@ -147,7 +147,7 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
         fixes = [extract_fix(g.text) if g.error is None else "" for g in gens]
         judged = [i for i, g in enumerate(gens) if g.error is None]
         verdicts = dict(zip(judged, sandbox.judge_many(
-            [Program(fixes[i], c.koan.tests, c.koan.mode, c.koan.clippy) for i, c in enumerate(active) if i in judged]),
+            [c.koan.program(fixes[i]) for i, c in enumerate(active) if i in judged]),
             strict=True))
         for i, chain in enumerate(active):
             v = verdicts.get(i) or Verdict(compiled=False, tests_passed=False, reason="model_error",

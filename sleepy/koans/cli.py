@@ -108,7 +108,6 @@ def _sandbox(args):
 
 def verify_koans(koans: list[Koan], sandbox) -> dict:
     """Judge every koan's broken code (must fail, with its expected codes) and its solution (must pass)."""
-    from sleepy.sandbox import Program
     from sleepy.sandbox.judge import toolchain
 
     failed, skipped, programs, judged = [], [], [], []
@@ -117,8 +116,8 @@ def verify_koans(koans: list[Koan], sandbox) -> dict:
             skipped.append({"id": k.id, "why": "strict_clippy, and clippy is not installed"})
             continue
         judged.append(k)
-        programs.append(Program(k.code, k.tests, k.mode, k.clippy))
-        programs.append(Program(k.solution, k.tests, k.mode, k.clippy))
+        programs.append(k.program())
+        programs.append(k.program(k.solution))
     verdicts = sandbox.judge_many(programs)
     for i, k in enumerate(judged):
         broken, fixed = verdicts[2 * i], verdicts[2 * i + 1]

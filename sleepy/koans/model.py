@@ -38,6 +38,12 @@ class Koan:
         blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def program(self, code: str | None = None):
+        """What the sandbox judges: `code` (default: the broken code) with this koan's tests, mode and lints."""
+        from sleepy.sandbox import Program
+
+        return Program(self.code if code is None else code, self.tests, self.mode, self.clippy)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["expected_errors"] = list(self.expected_errors)

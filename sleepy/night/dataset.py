@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from sleepy.agent import SYSTEM, extract_fix
 from sleepy.koans.model import Koan
 from sleepy.models.base import SamplingParams
-from sleepy.sandbox import Program
 
 SOURCES = ("self", "teacher", "reference")
 
@@ -69,14 +68,14 @@ def build_examples(failed: list[tuple[Koan, str]], replay: list[tuple[Koan, str,
         if not todo:
             break
         candidates = _candidates(source, todo, backend, teacher, self_samples, temperature, max_tokens, adapter)
-        verdicts = sandbox.judge_many([Program(code, k.tests, k.mode, k.clippy) for k, _, code in candidates])
+        verdicts = sandbox.judge_many([k.program(code) for k, _, code in candidates])
         for (koan, prompt, code), verdict in zip(candidates, verdicts, strict=True):
             if verdict.passed and koan.id not in chosen:
                 chosen[koan.id] = Example(koan.id, source, _messages(prompt), answer(code))
                 stats[f"targets_{source}"] += 1
     stats["untargeted"] = len(failed) - len(chosen)
     examples = [chosen[k.id] for k, _ in failed if k.id in chosen]
-    replays = sandbox.judge_many([Program(code, k.tests, k.mode, k.clippy) for k, _, code in replay])
+    replays = sandbox.judge_many([k.program(code) for k, _, code in replay])
     for (koan, prompt, code), verdict in zip(replay, replays, strict=True):
         if verdict.passed:
             examples.append(Example(koan.id, "replay", _messages(prompt), answer(code)))
