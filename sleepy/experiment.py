@@ -100,13 +100,9 @@ def check_night_config(cfg) -> None:
 
     s = cfg.subspace
     if s.method != "none":
-        if (s.k is None) == (s.explained_variance is None):
-            raise ValueError(f"subspace={s.method} needs exactly one of subspace.k and subspace.explained_variance "
-                             f"(got k={s.k}, explained_variance={s.explained_variance}); e.g. "
-                             "subspace.k=null subspace.explained_variance=0.9")
-        from sleepy.night.subspace import Subspace
+        from sleepy.night.subspace import check_rule
 
-        Subspace(s.method, s.k, s.explained_variance)  # the same rule, checked by the subspace itself
+        check_rule(s.k, s.explained_variance, prefix="subspace.")
         if cfg.night.trainer == "unsloth":
             raise ValueError("subspace nights train coefficients through peft's forward: use night.trainer=peft "
                              f"or auto with subspace={s.method}")
@@ -116,11 +112,16 @@ def check_night_config(cfg) -> None:
         import_unsloth()  # before the backend brings transformers and peft in
 
 
+def _adapters_dir(cfg) -> Path:
+    """Where nights save adapters: <adapters_dir>/<run id>/cycle<N>."""
+    return Path(cfg.adapters_dir or ROOT / "mlruns" / "adapters")
+
+
 def _uwsh_sources(cfg, exclude: Path | None) -> list[Path]:
     """The peft adapters uwsh extracts its fixed basis from (none of this run's)."""
     from sleepy.night.adapter_io import find_adapters
 
-    source = cfg.subspace.source or Path(cfg.adapters_dir or ROOT / "mlruns" / "adapters")
+    source = cfg.subspace.source or _adapters_dir(cfg)
     found = find_adapters(source, exclude=exclude) if Path(source).is_dir() or cfg.subspace.source else []
     if not found:
         raise ValueError(f"subspace.source={source}: no peft LoRA adapter there to extract the uwsh basis from "
@@ -153,7 +154,7 @@ class Job:
         self.tracker.set_tags(_hydra_tags())
         self.store = EpisodeStore(cfg.episodes.uri or ROOT / "mlruns" / "episodes")
         self.sandbox = make_sandbox(cfg)
-        self.adapters_root = Path(cfg.adapters_dir or ROOT / "mlruns" / "adapters") / self.run_id
+        self.adapters_root = _adapters_dir(cfg) / self.run_id
         self._backend = None
         return self
 
@@ -215,6 +216,10 @@ class Job:
     def adapter_dir(self, cycle: int) -> Path:
         return self.adapters_root / f"cycle{cycle}"
 
+    def adapter_dir_of(self, name: str) -> Path:
+        """The directory of the adapter served as `name` (cycle<N>)."""
+        return self.adapter_dir(int(name.removeprefix("cycle")))
+
     def adapter_for(self, stage: str, cycle: int) -> str | None:
         """The newest adapter a stage of this cycle uses (eval: this cycle's night; day: the night before),
         loaded into the backend; None for the base model."""
@@ -234,7 +239,7 @@ class Job:
             return None
         from sleepy.routing import FamilyRouter, family_by_code
 
-        routes = self.adapter_dir(int(adapter.removeprefix("cycle"))) / "routes"
+        routes = self.adapter_dir_of(adapter) / "routes"
         adapters = {}
         for path in sorted(p for p in routes.iterdir() if p.is_dir()) if routes.is_dir() else []:
             name = adapters[path.name] = f"{adapter}-{path.name}"
@@ -258,18 +263,18 @@ class Job:
         out = self.adapter_dir(cycle)
         if (out / "DONE").exists():  # resumed: this night already trained its adapter
             return {}
-        self.check_night()
         night = self.cfg.night
         train = {k.id: k for k in self.koans("day")}
         eval_ids = {k.id for k in self.pack.koans if k.split == "eval"}
         day = self.store.frame(run_id=self.run_id, stage="day", cycle=cycle)
+        previous = self.adapter_for("day", cycle)  # self targets come from it; lora.mode=continue trains it on
         failed = failed_koans(day, train)
         replay = _replay(self.store, self.run_id, cycle, train, night.replay, len(failed), int(self.cfg.seed))
         teacher = _teacher(night.teacher)
         examples, stats = build_examples(
             failed, replay, list(night.targets), self.sandbox, eval_ids, backend=self.backend, teacher=teacher,
             self_samples=night.self_samples, temperature=night.self_temperature, max_tokens=self.settings.max_tokens,
-            adapter=self.adapter_for("day", cycle))
+            adapter=previous)
         earlier = _earlier_examples(self.adapters_root, cycle) if self.cfg.lora.mode == "new" else []
         metrics = {f"night/{k}": float(v) for k, v in stats.items()}
         metrics["night/examples"] = float(len(examples) + len(earlier))
@@ -277,7 +282,7 @@ class Job:
             self.tracker.log_metrics(metrics, step=cycle)
             print(f"night {cycle}: no verified target for any failed koan; no adapter trained")
             return metrics
-        result = self._train(examples, earlier, cycle, out)
+        result = self._train(examples, earlier, cycle, out, previous)
         metrics.update({"night/steps": result.steps, "night/loss_first": result.loss_first,
                         "night/loss_last": result.loss_last, "night/trainable_params": result.trainable_params,
                         "night/trainable_params_lora_equivalent": result.lora_params,
@@ -301,21 +306,19 @@ class Job:
                       f"raise subspace.k (k >= lora.r keeps a first night exact)", file=sys.stderr)
         return metrics
 
-    def _train(self, examples, earlier, cycle: int, out: Path):
+    def _train(self, examples, earlier, cycle: int, out: Path, previous: str | None):
         """Train the night's adapter into out (via a .partial directory), then serve it as cycle<N>."""
         import json
         import shutil
 
         from sleepy.night.fit import fit_night
 
-        previous = self.adapter_for("day", cycle)
-        previous_dir = self.adapter_dir(int(previous.removeprefix("cycle"))) if previous else None
+        previous_dir = self.adapter_dir_of(previous) if previous else None
         tmp = out.with_name(out.name + ".partial")
-        subspace_saved = previous_dir is not None and (previous_dir / "subspace").exists()  # uwsh: sources read once
         result = fit_night(self.backend.path, self._groups([*earlier, *examples], cycle), tmp, lora=self.cfg.lora,
                            night=self.cfg.night, subspace=self.cfg.subspace, device=self.cfg.model.device,
                            dtype=self.cfg.model.dtype, seed=int(self.cfg.seed) * 1000 + cycle, previous=previous_dir,
-                           sources=[] if subspace_saved else self._sources())
+                           sources=self._sources)
         with open(tmp / "examples.jsonl", "w", encoding="utf-8") as f:
             for x in examples:
                 f.write(json.dumps({"koan_id": x.koan_id, "source": x.source, "messages": list(x.messages),
@@ -339,7 +342,7 @@ class Job:
         return dict(sorted(groups.items()))
 
     def _sources(self) -> list[Path]:
-        return _uwsh_sources(self.cfg, exclude=self.adapters_root) if self.cfg.subspace.method == "uwsh" else []
+        return _uwsh_sources(self.cfg, exclude=self.adapters_root)
 
 
 def _replay(store, run_id: str, cycle: int, train: dict, fraction: float, n_new: int, seed: int):
@@ -494,15 +497,14 @@ def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped
     from rich.console import Console
     from rich.table import Table
 
-    pct = _pct
     t = Table(title=f"{stage} cycle {cycle}, {adapter or 'base model'}  (run {run_id}"
                     f"{f', resumed: {skipped} koans kept' if skipped else ''})")
     for col in ("family", "koans", "pass rate (95% CI)", "median steps", "repeat error rate"):
         t.add_column(col, justify="left" if col == "family" else "right")
     for r in rows:
         steps = "-" if r["median_steps"] != r["median_steps"] else f"{r['median_steps']:.1f}"
-        t.add_row(r["family"], str(r["n"]), f"{pct(r['pass_rate'])} [{pct(r['lo'])}, {pct(r['hi'])}]", steps,
-                  pct(r["repeat_error_rate"]))
+        t.add_row(r["family"], str(r["n"]), f"{_pct(r['pass_rate'])} [{_pct(r['lo'])}, {_pct(r['hi'])}]", steps,
+                  _pct(r["repeat_error_rate"]))
     Console().print(t)
 
 

@@ -138,7 +138,7 @@ def test_uwsh_extracts_a_fixed_basis_from_the_source_adapters(tiny, tmp_path, ex
 
     uwsh = SubspaceConfig(method="uwsh", k=3, source=str(tmp_path / "source"))
     result = fit_night(tiny, {"night1": examples}, tmp_path / "c1", lora=LORA, night=NIGHT, subspace=uwsh,
-                       sources=sources)
+                       sources=lambda: sources)
     assert result.sources == 2 and result.basis_columns == 3
     basis = Subspace.fit([read_adapter(p)[0] for p in sources], "uwsh", k=3).bases
     saved = Subspace.load(tmp_path / "c1" / "subspace")
@@ -146,7 +146,7 @@ def test_uwsh_extracts_a_fixed_basis_from_the_source_adapters(tiny, tmp_path, ex
     assert result.trainable_params == saved.trainable_params(LORA.r, 0) == 2 * 3 * LORA.r * len(basis)
 
     again = fit_night(tiny, {"night2": examples}, tmp_path / "c2", lora=LORA, night=NIGHT, subspace=uwsh, seed=1,
-                      previous=tmp_path / "c1")
+                      previous=tmp_path / "c1", sources=lambda: pytest.fail("uwsh read its sources again"))
     later = Subspace.load(tmp_path / "c2" / "subspace")
     assert again.tasks == ["night1", "night2"] and again.sources == 0  # the basis is not extracted again
     assert all(torch.equal(later.bases[m][1], saved.bases[m][1]) for m in basis)
@@ -158,7 +158,7 @@ def test_uwsh_refuses_sources_of_another_model(tiny, tmp_path, examples):
     uwsh = SubspaceConfig(method="uwsh", k=3, source=str(tmp_path / "other"))
     with pytest.raises(ValueError, match="subspace.source=.*none of its 1 peft adapters fits"):
         fit_night(tiny, {"n": examples}, tmp_path / "c1", lora=LORA, night=NIGHT, subspace=uwsh,
-                  sources=find_adapters(tmp_path / "other"))
+                  sources=lambda: find_adapters(tmp_path / "other"))
 
 
 def test_unsloth_is_refused_without_a_gpu_and_auto_falls_back_to_peft():

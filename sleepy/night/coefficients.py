@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sleepy.night.adapter_io import PREFIX
 from sleepy.night.subspace import Coefficients, Factors, Subspace, temporary_count
-
-PEFT_PREFIX = "base_model.model."
 
 
 class SubspaceFactor(nn.Module):
@@ -44,7 +43,7 @@ class SubspaceFactor(nn.Module):
 
 def lora_layers(model) -> dict[str, nn.Module]:
     """The peft LoRA layers of `model`, by the module names adapter files use (model.layers.0.self_attn.q_proj)."""
-    return {name.removeprefix(PEFT_PREFIX): m for name, m in model.named_modules()
+    return {name.removeprefix(PREFIX): m for name, m in model.named_modules()
             if hasattr(m, "lora_A") and isinstance(m.lora_A, nn.ModuleDict) and "default" in m.lora_A}
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +39,10 @@ class NightFit:
 
 def fit_night(path: str, groups: dict[str, list], out: Path, *, lora, night, subspace, device: str = "auto",
               dtype: str = "auto", seed: int = 0, previous: Path | None = None,
-              sources: list[Path] = ()) -> NightFit:
+              sources: Callable[[], list[Path]] | None = None) -> NightFit:
     """Train on `groups` (task name -> examples) and write the adapter to `out`. `previous`: the last night's
-    adapter directory (its adapter to continue, its subspace to extend); `sources`: uwsh's adapters."""
+    adapter directory (its adapter to continue, its subspace to extend); `sources`: finds uwsh's adapters, called
+    only when there is no saved subspace to continue."""
     from sleepy.night.dataset import encode
     from sleepy.night.trainer import load_base, resolve_trainer, train, wrap_lora
 
@@ -83,7 +85,7 @@ def _fit_subspace(model, path, encoded, out, fit, *, lora, subspace, seed, previ
     if saved and saved.exists():
         sub = Subspace.load(saved)
     elif subspace.method == "uwsh":
-        adapters = _fitting(sources, shapes(peft), subspace.source)
+        adapters = _fitting(sources() if sources else [], shapes(peft), subspace.source)
         sub, n_sources = Subspace.fit(adapters, "uwsh", k, ev), len(adapters)
     results, generator = [], torch.Generator().manual_seed(seed)
     trainable = lora_equivalent = sum(p.numel() for p in peft.parameters() if p.requires_grad)

@@ -32,13 +32,17 @@ TENSORS = "subspace.safetensors"
 META = "subspace.json"
 
 
-def _check_rule(k: int | None, explained_variance: float | None) -> None:
+def check_rule(k: int | None, explained_variance: float | None, prefix: str = "") -> None:
+    """The basis size rule: exactly one of a fixed k (>= 1) and an explained variance (in (0, 1]). `prefix` names
+    the keys as the caller knows them (the config's "subspace.")."""
     if (k is None) == (explained_variance is None):
-        raise ValueError("give exactly one of k and explained_variance")
+        raise ValueError(f"give exactly one of {prefix}k and {prefix}explained_variance (got {prefix}k={k}, "
+                         f"{prefix}explained_variance={explained_variance}); e.g. {prefix}k=null "
+                         f"{prefix}explained_variance=0.9")
     if k is not None and k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ValueError(f"{prefix}k must be >= 1, got {k}")
     if explained_variance is not None and not 0 < explained_variance <= 1:
-        raise ValueError(f"explained_variance must be in (0, 1], got {explained_variance}")
+        raise ValueError(f"{prefix}explained_variance must be in (0, 1], got {explained_variance}")
 
 
 def build_basis(
@@ -53,7 +57,7 @@ def build_basis(
     """
     import torch
 
-    _check_rule(k, explained_variance)
+    check_rule(k, explained_variance)
     tol = torch.finfo(torch.float32).eps * max(M.shape)
     M = M.to(torch.float32)
     if span is not None:
@@ -110,7 +114,7 @@ class Subspace:
     def __init__(self, method: str, k: int | None = None, explained_variance: float | None = None):
         if method not in METHODS:
             raise ValueError(f"unknown subspace method {method!r}; expected one of {METHODS}")
-        _check_rule(k, explained_variance)
+        check_rule(k, explained_variance)
         self.method = method
         self.k = k
         self.explained_variance = explained_variance
