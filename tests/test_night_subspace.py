@@ -198,3 +198,10 @@ def test_a_basis_that_spans_a_side_leaves_no_room_and_needs_no_temporary_directi
     room = [b for b in sides if b.shape[0] > b.shape[1]]
     assert 0 < len(room) < len(sides)  # k_proj and v_proj's output sides are full
     assert sub.trainable_params(32, phi=1) - sub.trainable_params(32, phi=0) == sum(b.shape[0] + 32 for b in room)
+
+
+def test_a_night_on_missing_base_weights_says_where_it_looked(tmp_path):
+    from sleepy.models.base import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=f"local directory {tmp_path / 'nope'}: it does not exist"):
+        load_base(str(tmp_path / "nope"), "cpu")
