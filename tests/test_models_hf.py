@@ -98,6 +98,23 @@ def test_generates_a_batch_greedily_and_reproducibly(cache):
     backend.close()
 
 
+def test_a_prompts_sample_depends_on_its_own_seed_not_on_the_batch_around_it(cache):
+    """A koan's reply must not change with koans.count, batch order or a resume: each prompt's seed decides it."""
+    backend = tiny_backend(cache_dir=cache)
+
+    def sampled(seed):
+        return SamplingParams(temperature=1.0, max_tokens=24, seed=seed)
+
+    alone = backend.generate([PROMPTS[2]], [sampled(11)])[0].text
+    crowd = backend.generate(PROMPTS, [sampled(5), sampled(7), sampled(11)])
+    assert crowd[2].text == alone
+    backend.batch_size = 1
+    assert backend.generate([PROMPTS[1], PROMPTS[2]], [sampled(3), sampled(11)])[1].text == alone
+    others = {backend.generate([PROMPTS[2]], [sampled(seed)])[0].text for seed in (12, 13, 14)}
+    assert others - {alone}  # another seed, another sample
+    backend.close()
+
+
 def make_lora(model_dir, out, seed):
     """A real, non-trivial LoRA adapter on q_proj/v_proj of the model in model_dir."""
     import torch

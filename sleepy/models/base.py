@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 Messages = list[dict[str, str]]  # [{"role": "system" | "user" | "assistant", "content": "..."}]
+
+
+def sample_seed(*parts) -> int:
+    """A stable 32-bit seed for one sample (e.g. the run's seed, a koan, a sample, an attempt): the same parts give
+    the same sample, whatever else is in the batch."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 @dataclass(frozen=True)
@@ -32,13 +41,22 @@ class ModelLoadError(RuntimeError):
 
 
 class Backend(Protocol):
+    """What a run asks of a model: replies, and for a night, the base weights and serving of LoRA adapters."""
+
     name: str  # the model's name as recorded with every episode
+    path: str | None  # the local base weights a night trains on (None: the backend has none)
+    serves_adapters: bool  # whether load_adapter works, so that a night's adapter can be served back
+    adapters: list[str]  # the names of the loaded adapters
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load the peft LoRA directory at `path` under `name`; a name already loaded is replaced."""
+        ...
 
     def generate(self, prompts: list[Messages], params: SamplingParams | list[SamplingParams],
                  adapter: str | None = None) -> list[Generation]:
-        """One reply per prompt, in order. params: one for all, or one per prompt (each its own seed, so
-        samples of one koan differ); a batched backend may seed the batch with the first.
-        adapter: the name of a loaded LoRA adapter, or None for the base model."""
+        """One reply per prompt, in order. params: one for all, or one per prompt; each prompt's seed decides its
+        own sample, whatever else is in the batch. adapter: the name of a loaded LoRA adapter, or None for the
+        base model."""
         ...
 
     def close(self) -> None: ...

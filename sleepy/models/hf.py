@@ -76,8 +76,8 @@ def load_pretrained(path_or_name: str, device: str, dtype: str):
 class HFBackend:
     """A transformers causal LM loaded once; serves batches of chat prompts, with or without a LoRA adapter.
 
-    SamplingParams set do_sample/temperature/top_p/max_new_tokens; other decoding defaults the model ships in its
-    generation_config (top_k, repetition_penalty) still apply, as they would on a serving stack.
+    SamplingParams set temperature, top_p and max_new_tokens per prompt; other decoding defaults the model ships in
+    its generation_config (top_k, repetition_penalty) still apply, as they would on a serving stack.
     """
 
     def __init__(self, path_or_name: str, name: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -94,6 +94,7 @@ class HFBackend:
         self.model = model.eval()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {*(eos if isinstance(eos, list) else [eos]), self.tokenizer.eos_token_id} - {None}
+        self.top_k = self.model.generation_config.top_k  # the model's own top-k still applies when sampling
 
     serves_adapters = True
 
@@ -130,35 +131,41 @@ class HFBackend:
 
     def generate(self, prompts: list[Messages], params: SamplingParams | list[SamplingParams],
                  adapter: str | None = None) -> list[Generation]:
+        """Replies in prompt order. A sampled prompt draws from its own generator, seeded by the backend's seed and
+        its own, so its reply does not depend on what else is in the batch."""
         import torch
 
-        if isinstance(params, list):  # one batch, one seed: rows of a sampled batch differ anyway
-            params = params[0] if params else SamplingParams()
-
-        context = self._adapter_context(adapter)
+        params = params if isinstance(params, list) else [params] * len(prompts)
         texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-        # Batch prompts of similar length together: less padding, same results per batch seed.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        groups: dict[int, list[int]] = {}  # one length budget per generate call; similar lengths together: less padding
+        for i in sorted(range(len(texts)), key=lambda i: len(texts[i])):
+            groups.setdefault(params[i].max_tokens, []).append(i)
         out: list[Generation | None] = [None] * len(texts)
-        sample = params.temperature > 0
-        decoding = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p) if sample \
-            else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with context, torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                                     add_special_tokens=False).to(self.device)
-                torch.manual_seed(hash((self.seed, params.seed, start)) & 0xFFFF_FFFF)  # int-tuple hashes are stable
-                began = time.perf_counter()
-                ids = self.model.generate(**enc, max_new_tokens=params.max_tokens,
-                                          pad_token_id=self.tokenizer.pad_token_id, **decoding)
-                latency = (time.perf_counter() - began) * 1000 / len(batch)
-                new = ids[:, enc["input_ids"].shape[1]:].tolist()
-                for row, i in enumerate(batch):
-                    n = next((k + 1 for k, t in enumerate(new[row]) if t in self.eos_ids), len(new[row]))
-                    out[i] = Generation(text=self.tokenizer.decode(new[row][:n], skip_special_tokens=True),
-                                        tokens_in=int(enc["attention_mask"][row].sum()), tokens_out=n,
-                                        latency_ms=latency)
+        with self._adapter_context(adapter), torch.inference_mode():
+            for indices in groups.values():
+                for start in range(0, len(indices), self.batch_size):
+                    batch = indices[start:start + self.batch_size]
+                    for i, g in zip(batch, self._generate_batch([texts[i] for i in batch], [params[i] for i in batch]),
+                                    strict=True):
+                        out[i] = g
+        return out
+
+    def _generate_batch(self, texts: list[str], params: list[SamplingParams]) -> list[Generation]:
+        from transformers import LogitsProcessorList
+
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampler = SeededSampler(params, self.seed, self.top_k, self.device)
+        began = time.perf_counter()
+        ids = self.model.generate(**enc, max_new_tokens=params[0].max_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                  do_sample=False, temperature=None, top_p=None, top_k=None,
+                                  logits_processor=LogitsProcessorList([sampler]))
+        latency = (time.perf_counter() - began) * 1000 / len(texts)
+        new = ids[:, enc["input_ids"].shape[1]:].tolist()
+        out = []
+        for row, tokens in enumerate(new):
+            n = next((k + 1 for k, t in enumerate(tokens) if t in self.eos_ids), len(tokens))
+            out.append(Generation(text=self.tokenizer.decode(tokens[:n], skip_special_tokens=True),
+                                  tokens_in=int(enc["attention_mask"][row].sum()), tokens_out=n, latency_ms=latency))
         return out
 
     def close(self) -> None:
@@ -171,3 +178,45 @@ class HFBackend:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class SeededSampler:
+    """A logits processor that turns greedy decoding into per-row sampling: each sampled row's scores are warped
+    (temperature, top-k, top-p) and get Gumbel noise from the row's own generator, so the argmax is a sample from
+    the warped distribution whose randomness belongs to that row alone. Rows at temperature 0 stay greedy."""
+
+    def __init__(self, params: list[SamplingParams], seed: int, top_k: int | None, device: str):
+        import torch
+        from transformers.generation.logits_process import (
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.rows = []
+        for p in params:
+            if p.temperature <= 0:
+                self.rows.append(None)
+                continue
+            warpers = [TemperatureLogitsWarper(p.temperature)]
+            if top_k:
+                warpers.append(TopKLogitsWarper(top_k))
+            if p.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(p.top_p))
+            generator = torch.Generator(device=device).manual_seed(hash((seed, p.seed)) & 0xFFFF_FFFF)  # ints hash stably
+            self.rows.append((warpers, generator))
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for i, row in enumerate(self.rows):
+            if row is None:
+                continue
+            warpers, generator = row
+            warped = scores[i:i + 1]
+            for warp in warpers:
+                warped = warp(input_ids[i:i + 1], warped)
+            noise = torch.empty(warped.shape[-1], device=scores.device, dtype=torch.float32)
+            noise.exponential_(generator=generator).clamp_min_(1e-20)
+            scores[i] = (warped[0].float() - noise.log()).to(scores.dtype)  # argmax(log p - log E) ~ p (Gumbel-max)
+        return scores
