@@ -119,7 +119,7 @@ def _adapters_dir(cfg) -> Path:
 
 def _uwsh_sources(cfg, exclude: Path | None) -> list[Path]:
     """The peft adapters uwsh extracts its fixed basis from (none of this run's)."""
-    from sleepy.night.adapter_io import find_adapters
+    from sleepy.night.adapters import find_adapters
 
     source = cfg.subspace.source or _adapters_dir(cfg)
     found = find_adapters(source, exclude=exclude) if Path(source).is_dir() or cfg.subspace.source else []

@@ -6,7 +6,7 @@ import torch
 
 from sleepy.config import LoraConfig, NightConfig, SubspaceConfig
 from sleepy.koans import load_pack
-from sleepy.night.adapter_io import find_adapters, read_adapter, write_adapter
+from sleepy.night.adapters import find_adapters, read_adapter, write_adapter
 from sleepy.night.coefficients import attach, factors, fresh, lora_layers
 from sleepy.night.dataset import build_examples
 from sleepy.night.fit import fit_night
@@ -99,14 +99,49 @@ def test_share_nights_seed_then_train_coefficients_and_merge(tiny, tmp_path, exa
     assert first.basis_columns == 4  # one rank-4 adapter spans 4 directions per side
     assert second.basis_columns == 5 and 0 < second.kept <= 1  # + the phi=1 temporary direction the merge kept
 
-    exported, config = read_adapter(tmp_path / "c2")  # the averaged coefficients, as a plain rank-r LoRA
-    assert config["r"] == LORA.r and config["lora_alpha"] == LORA.alpha
-    mean = sub.export(None)
-    assert all(torch.allclose(exported[m][1] @ exported[m][0], mean[m][1] @ mean[m][0], atol=1e-6) for m in mean)
     assert not (tmp_path / "c2" / "routes").exists()
 
 
-def test_route_family_trains_one_task_per_family_and_exports_each(tiny, tmp_path, examples):
+def trained_factors(monkeypatch):
+    """Record the factors each task of a night ends its training with (the real training, watched)."""
+    from sleepy.night import trainer
+
+    seen, real = [], trainer.train
+
+    def watched(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        seen.append(factors(model))
+        return result
+
+    monkeypatch.setattr(trainer, "train", watched)
+    return seen
+
+
+def same_update(served, config, trained, atol=1e-5):
+    """Whether a served adapter (factors, its config) adds the update of `trained` (rank-r factors under LORA)."""
+    scale = config["lora_alpha"] / config["r"]
+    return all(torch.allclose(served[m][1] @ served[m][0] * scale, trained[m][1] @ trained[m][0] * (LORA.alpha / LORA.r),
+                              atol=atol) for m in trained)
+
+
+def test_the_served_share_adapter_is_the_update_the_night_trained(tiny, tmp_path, examples, monkeypatch):
+    """Night 2 of Share trains coefficients and temporary directions, then merges with a small k: the adapter served
+    next is what night 2 trained (delta W to 1e-5), not a reconstruction from averaged coefficients."""
+    share = SubspaceConfig(method="share", k=3, phi=1)
+    seen = trained_factors(monkeypatch)
+    fit_night(tiny, {"night1": examples[:2]}, tmp_path / "c1", lora=LORA, night=NIGHT, subspace=share, seed=0)
+    fit_night(tiny, {"night2": examples}, tmp_path / "c2", lora=LORA, night=NIGHT, subspace=share, seed=1,
+              previous=tmp_path / "c1")
+    served, config = read_adapter(tmp_path / "c2")
+    assert (config["r"], config["lora_alpha"]) == (LORA.r, LORA.alpha)
+    assert same_update(served, config, seen[-1])
+    sub = Subspace.load(tmp_path / "c2" / "subspace")
+    held = sub.export("night2")  # the subspace keeps night 2 projected on k=3 columns: Share's own loss
+    assert not same_update(held, config, seen[-1], atol=1e-3)
+
+
+def test_route_family_trains_one_task_per_family_and_exports_each(tiny, tmp_path, examples, monkeypatch):
+    seen = trained_factors(monkeypatch)
     family = {k.id: k.family for k in PACK.koans}
     groups = {}
     for x in examples:
@@ -115,10 +150,12 @@ def test_route_family_trains_one_task_per_family_and_exports_each(tiny, tmp_path
     result = fit_night(tiny, groups, tmp_path / "c1", lora=LORA, night=NIGHT, subspace=share)
     assert result.tasks == ["borrow_checker", "type_mismatch"]
     sub = Subspace.load(tmp_path / "c1" / "subspace")
-    for name in sub.names:
-        routed, _ = read_adapter(tmp_path / "c1" / "routes" / name)
-        want = sub.export(name)
-        assert all(torch.allclose(routed[m][1] @ routed[m][0], want[m][1] @ want[m][0], atol=1e-6) for m in want)
+    for name, trained in zip(sub.names, seen, strict=True):  # each family's route serves what its task trained
+        assert same_update(*read_adapter(tmp_path / "c1" / "routes" / name), trained)
+    default, config = read_adapter(tmp_path / "c1")  # koans of no known family: the exact mean update
+    assert config["r"] == 2 * LORA.r
+    mean = {m: (torch.cat([t[m][0] for t in seen]), torch.cat([t[m][1] for t in seen], dim=1) / 2) for m in seen[0]}
+    assert same_update(default, config, mean)
     # the second family trained coefficients on the basis the first seeded
     assert result.trainable_params == Subspace.fit([sub.export(0)], "share", k=6).trainable_params(LORA.r, 0)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sleepy.night.adapter_io import read_adapter, write_adapter
+from sleepy.night.adapters import merge_updates, read_adapter, write_adapter
 from sleepy.night.subspace import Subspace, build_basis, param_counts
 
 # module -> (d_in, d_out); two module types of different shapes
@@ -192,7 +192,7 @@ def test_exported_adapter_loads_in_peft(tmp_path, tiny_model):
         shapes[f"model.layers.{layer}.self_attn.q_proj"] = (32, 32)
         shapes[f"model.layers.{layer}.self_attn.v_proj"] = (32, 16)
     sub = Subspace.fit(adapters(3, r=4, shapes=shapes), "share", k=6)
-    exported = sub.export()
+    exported = sub.export(0)
     write_adapter(tmp_path / "adapter", exported, {"lora_alpha": 8, "base_model_name_or_path": "tiny"})
 
     factors, config = read_adapter(tmp_path / "adapter")
@@ -234,3 +234,23 @@ def test_read_adapter_saved_by_peft(tmp_path, tiny_model):
     assert again_config["lora_alpha"] == 4 and sorted(again_config["target_modules"]) == ["down_proj", "k_proj"]
     with pytest.raises(ValueError):
         write_adapter(tmp_path / "bad", factors, {**config, "r": 3})
+
+
+def update(factors, alpha):
+    return {name: (alpha / A.shape[0]) * B @ A for name, (A, B) in factors.items()}
+
+
+def test_merged_updates_are_exactly_the_mean_update_where_averaged_factors_are_not():
+    """LoRA factors are defined only up to an r x r transform: the same update with its factors' signs flipped
+    averages (as factors or as subspace coefficients) to zero. merge_updates keeps the mean update itself."""
+    (task,) = adapters(1, r=3)
+    flipped = {name: (-A, -B) for name, (A, B) in task.items()}
+    other = adapters(1, seed=5, r=3)[0]
+    merged, config = merge_updates([(task, {"lora_alpha": 6}), (flipped, {"lora_alpha": 6}), (other, {"lora_alpha": 3})])
+    assert config["r"] == 9 and config["lora_alpha"] == 9
+    want = {name: (2 * update(task, 6)[name] + update(other, 3)[name]) / 3 for name in task}
+    got = update(merged, config["lora_alpha"])
+    assert all(torch.allclose(got[name], want[name], atol=1e-5) for name in want)
+    sub = Subspace.fit([task, flipped], "share", k=8)
+    mean = {name: tuple((sub.tasks[0][name][side] + sub.tasks[1][name][side]) / 2 for side in (0, 1)) for name in task}
+    assert all(update(sub.reconstruct(mean), 6)[name].abs().max() < 1e-5 for name in task)  # what used to be served

@@ -6,8 +6,10 @@
                       -> share: merge (re-SVD, re-project every task) | uwsh: project on the fixed basis
                     share's first task has no basis yet: it trains a plain LoRA that seeds it;
                     uwsh's basis comes once from the adapters under subspace.source
-                    -> the tasks' averaged coefficients, exported as the rank-r adapter; each task's own
-                       under routes/<task>/; the subspace (bases, coefficients) under subspace/
+                    -> served: what the night trained. route=mean: the night's one task as trained;
+                       route=family: each family's task as trained under routes/<family>/ (families not trained
+                       tonight keep the last night's), and as the default their exact mean update
+                       (adapters.merge_updates); the subspace (bases, coefficients) under subspace/
 """
 
 from __future__ import annotations
@@ -73,11 +75,12 @@ def fit_night(path: str, groups: dict[str, list], out: Path, *, lora, night, sub
 def _fit_subspace(model, path, encoded, out, fit, *, lora, subspace, seed, previous, sources) -> NightFit:
     import torch
 
-    from sleepy.night.adapter_io import write_adapter
     from sleepy.night.coefficients import attach, factors, fresh, shapes
     from sleepy.night.subspace import Subspace
     from sleepy.night.trainer import wrap_lora
 
+    if subspace.method == "uwsh" and subspace.phi > 0:
+        raise ValueError("subspace.phi must be 0 with uwsh: its fixed basis would project the temporary directions away")
     k, ev = subspace.k, subspace.explained_variance
     peft = wrap_lora(model, lora, None, "peft", seed)
     saved = previous / "subspace" if previous else None
@@ -87,7 +90,7 @@ def _fit_subspace(model, path, encoded, out, fit, *, lora, subspace, seed, previ
     elif subspace.method == "uwsh":
         adapters = _fitting(sources() if sources else [], shapes(peft), subspace.source)
         sub, n_sources = Subspace.fit(adapters, "uwsh", k, ev), len(adapters)
-    results, generator = [], torch.Generator().manual_seed(seed)
+    results, trained, generator = [], {}, torch.Generator().manual_seed(seed)
     trainable = lora_equivalent = sum(p.numel() for p in peft.parameters() if p.requires_grad)
     for i, (name, examples) in enumerate(encoded.items()):
         if sub is not None:  # else share's first task: a plain LoRA seeds the basis
@@ -97,16 +100,14 @@ def _fit_subspace(model, path, encoded, out, fit, *, lora, subspace, seed, previ
             trainable = attach(peft, sub, init or fresh(sub, lora.r, generator), subspace.phi, seed + i)
             lora_equivalent = sub.lora_params(lora.r)
         results.append(fit(peft, examples, seed * 1000 + i))
+        trained[name] = factors(peft)
         if sub is None:
             sub = Subspace("share", k, ev)
-        sub.add_task(factors(peft), name)
+        sub.add_task(trained[name], name)
 
     config = {"lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "base_model_name_or_path": path, "r": lora.r}
-    write_adapter(out, sub.export(None), config)  # first: it replaces the directory
+    _export(out, trained, config, family=subspace.route == "family", previous=previous)
     sub.save(out / "subspace")
-    if subspace.route == "family":
-        for name in sub.names:
-            write_adapter(out / "routes" / name, sub.export(name), config)
     columns = [b.shape[1] for pair in sub.bases.values() for b in pair]
     kept = [v for pair in sub.kept.values() for v in pair]
     return NightFit(sum(r.steps for r in results), sum(r.tokens for r in results), sum(r.seconds for r in results),
@@ -115,9 +116,26 @@ def _fit_subspace(model, path, encoded, out, fit, *, lora, subspace, seed, previ
                     n_sources)
 
 
+def _export(out: Path, trained: dict, config: dict, family: bool, previous: Path | None) -> None:
+    """Serve what the night trained: its one task's factors, or under family routing each family's (the last night's
+    for families not trained tonight) and, for koans of no known family, their exact mean update."""
+    from sleepy.night.adapters import merge_updates, read_adapter, write_adapter
+
+    if not family:
+        (factors,) = trained.values()
+        write_adapter(out, factors, config)
+        return
+    routes = {p.name: read_adapter(p) for p in sorted((previous / "routes").iterdir())} \
+        if previous and (previous / "routes").is_dir() else {}
+    routes.update({name: (factors, config) for name, factors in trained.items()})
+    write_adapter(out, *merge_updates([routes[name] for name in sorted(routes)]))  # first: it replaces the directory
+    for name, (factors, route_config) in routes.items():
+        write_adapter(out / "routes" / name, factors, route_config)
+
+
 def _fitting(sources: list[Path], model_shapes: dict, source: str | None) -> list:
     """The factors of the source adapters that fit the model's LoRA layers (any rank)."""
-    from sleepy.night.adapter_io import read_adapter
+    from sleepy.night.adapters import read_adapter
 
     out = []
     for path in sources:

@@ -16,13 +16,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sleepy.night.adapter_io import staged_dir
+from sleepy.night.adapters import Factors, staged_dir
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-# module name -> (A (r x d_in), B (d_out x r))
-Factors = dict[str, tuple["Tensor", "Tensor"]]
 # module name -> (eps_alpha (k_A x r), eps_beta (k_B x r))
 Coefficients = dict[str, tuple["Tensor", "Tensor"]]
 
@@ -218,20 +216,11 @@ class Subspace:
         self.names = [self.names[i] for i in keep] + [name]
         return len(self.tasks) - 1
 
-    def export(self, task: int | str | None = None) -> Factors:
-        """Rank-r LoRA factors of one task, or of the tasks' averaged coefficients when `task` is None."""
-        import torch
-
-        if not self.tasks:
-            raise ValueError("the subspace holds no tasks")
+    def export(self, task: int | str) -> Factors:
+        """Rank-r LoRA factors of one task, as the subspace holds it now (after merges: projected on the bases)."""
         if isinstance(task, str):
             task = self.names.index(task)
-        if task is not None:
-            return self.reconstruct(self.tasks[task])
-        mean = {
-            name: tuple(torch.stack([t[name][side] for t in self.tasks]).mean(dim=0) for side in (0, 1)) for name in self.bases
-        }
-        return self.reconstruct(mean)
+        return self.reconstruct(self.tasks[task])
 
     def trainable_params(self, r: int, phi: int = 0) -> int:
         """Parameters a new task trains: per module k * r coefficients per side, plus phi temporary directions."""

@@ -1,0 +1,204 @@
+"""Adapters: standard peft LoRA directories to and from factors, and where a run's nights keep theirs.
+
+    <adapters_dir>/<run id>/cycle<N>/            night N's adapter (what the next day and eval N are served)
+                            cycle<N>/DONE         written last: the night finished (episodes version, tasks)
+                            cycle<N>/examples.jsonl   what it trained on
+                            cycle<N>/routes/<family>/ subspace.route=family: each family's adapter
+                            cycle<N>/subspace/    subspace bases and task coefficients
+                            cycle<N>.partial/     a night in progress: renamed to cycle<N> when done
+
+Factors are module name -> (A (r x d_in), B (d_out x r)); a LoRA adds delta W = (alpha / r) B A to each module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# module name -> (A (r x d_in), B (d_out x r))
+Factors = dict[str, tuple["Tensor", "Tensor"]]
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+SUFFIX_A = ".lora_A.weight"
+SUFFIX_B = ".lora_B.weight"
+
+
+@contextmanager
+def staged_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh directory beside `path` to write into; when the block succeeds it replaces `path`, so a
+    reader never finds a half-written directory there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, path)
+
+
+def read_adapter(path: str | Path) -> tuple[Factors, dict]:
+    """Factors (float32) and adapter_config.json of a peft LoRA directory."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = json.loads((path / CONFIG).read_text())
+    tensors = load_file(str(path / WEIGHTS))
+    names = {key[len(PREFIX) : -len(SUFFIX_A)] for key in tensors if key.startswith(PREFIX) and key.endswith(SUFFIX_A)}
+    expected = {PREFIX + name + suffix for name in names for suffix in (SUFFIX_A, SUFFIX_B)}
+    if set(tensors) != expected:
+        raise ValueError(f"{path}: not a plain LoRA adapter: unexpected or unpaired {sorted(set(tensors) ^ expected)[:5]}")
+    factors = {
+        name: (tensors[PREFIX + name + SUFFIX_A].float(), tensors[PREFIX + name + SUFFIX_B].float()) for name in sorted(names)
+    }
+    return factors, config
+
+
+def write_adapter(path: str | Path, factors: Factors, config: dict) -> Path:
+    """Write `factors` as a peft LoRA directory that `PeftModel.from_pretrained(base, path)` loads.
+
+    `config` holds the LoraConfig fields (lora_alpha, base_model_name_or_path, ...); r comes from the factors and
+    target_modules, when absent, from their module names.
+    """
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    ranks = {A.shape[0] for A, _ in factors.values()}
+    if len(ranks) != 1:
+        raise ValueError(f"factors of one adapter must share one rank, got {sorted(ranks)}")
+    (r,) = ranks
+    if config.get("r", r) != r:
+        # lora_alpha scales by alpha / r: silently changing r would rescale the adapter
+        raise ValueError(f"config says r={config['r']} but the factors have rank {r}")
+    settings = {
+        "task_type": "CAUSAL_LM",
+        "inference_mode": True,
+        "target_modules": sorted({name.rsplit(".", 1)[-1] for name in factors}),
+        **config,
+        "peft_type": "LORA",
+        "r": r,
+    }
+    lora_config = LoraConfig.from_peft_type(**settings)
+    tensors = {}
+    for name, (A, B) in factors.items():
+        tensors[PREFIX + name + SUFFIX_A] = A.contiguous()
+        tensors[PREFIX + name + SUFFIX_B] = B.contiguous()
+    with staged_dir(path) as tmp:
+        lora_config.save_pretrained(str(tmp))
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    return Path(path)
+
+
+def find_adapters(root: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """Every peft LoRA directory under `root` (sorted), leaving out those under `exclude` and unfinished ones."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"subspace.source: {root} is not a directory")
+    skip = Path(exclude).resolve() if exclude else None
+    found = []
+    for config in sorted(root.rglob(CONFIG)):
+        path = config.parent
+        unfinished = any(part.startswith(".") or part.endswith(".partial") for part in path.relative_to(root).parts)
+        if unfinished or not (path / WEIGHTS).exists() or (skip and path.resolve().is_relative_to(skip)):
+            continue
+        found.append(path)
+    return found
+
+
+def merge_updates(adapters: list[tuple[Factors, dict]]) -> tuple[Factors, dict]:
+    """One LoRA whose update is exactly the mean of the adapters' updates (delta W), from (factors, config) pairs:
+    their factors side by side, each B scaled by its alpha / r and 1 / n, at rank sum(r) with alpha = rank. Exact,
+    where averaging factors or coefficients is not (LoRA factors are defined only up to an r x r transform)."""
+    import torch
+
+    modules = sorted(adapters[0][0])
+    merged = {}
+    for name in modules:
+        A = torch.cat([f[name][0] for f, _ in adapters], dim=0)
+        B = torch.cat([f[name][1] * (c["lora_alpha"] / f[name][0].shape[0]) / len(adapters) for f, c in adapters], dim=1)
+        merged[name] = (A, B)
+    rank = A.shape[0]
+    return merged, {**adapters[0][1], "r": rank, "lora_alpha": rank}
+
+
+class RunAdapters:
+    """The adapters a run's nights trained, under <adapters_dir>/<run id>: a pure view of the directory (loading
+    them into a backend is the job's)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def dir(self, cycle: int) -> Path:
+        return self.root / f"cycle{cycle}"
+
+    def done(self, cycle: int) -> bool:
+        return (self.dir(cycle) / "DONE").exists()
+
+    def latest(self, cycle: int) -> int | None:
+        """The newest night up to `cycle` that finished an adapter; None: the base model."""
+        return next((c for c in range(cycle, 0, -1) if self.done(c)), None)
+
+    def routes(self, cycle: int) -> dict[str, Path]:
+        """subspace.route=family: family -> the directory of night `cycle`'s adapter for it."""
+        routes = self.dir(cycle) / "routes"
+        return {p.name: p for p in sorted(routes.iterdir()) if p.is_dir()} if routes.is_dir() else {}
+
+    def examples(self, before: int) -> list:
+        """The examples every finished night before `before` trained on."""
+        from sleepy.night.dataset import Example
+
+        out = []
+        for c in range(1, before):
+            path = self.dir(c) / "examples.jsonl"
+            if self.done(c) and path.exists():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    d = json.loads(line)
+                    out.append(Example(d["koan_id"], d["source"], tuple(d["messages"]), d["response"]))
+        return out
+
+    def learned(self, cycle: int) -> set[str]:
+        """The koans night `cycle` learned: its new examples' koans (replayed successes are not new)."""
+        path = self.dir(cycle) / "examples.jsonl"
+        if not self.done(cycle) or not path.exists():
+            return set()
+        rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+        return {d["koan_id"] for d in rows if d["source"] != "replay"}
+
+    def partial(self, cycle: int) -> Path:
+        """A fresh directory for night `cycle` to write its adapter into (what a killed night left is dropped)."""
+        path = self.dir(cycle).with_name(f"cycle{cycle}.partial")
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def commit(self, cycle: int, examples: list, record: dict) -> Path:
+        """Finish night `cycle`: its examples and DONE (`record`) into the partial directory, then one rename."""
+        tmp, out = self.dir(cycle).with_name(f"cycle{cycle}.partial"), self.dir(cycle)
+        with open(tmp / "examples.jsonl", "w", encoding="utf-8") as f:
+            for x in examples:
+                f.write(json.dumps({"koan_id": x.koan_id, "source": x.source, "messages": list(x.messages),
+                                    "response": x.response}) + "\n")
+        (tmp / "DONE").write_text(json.dumps({"cycle": cycle, **record}))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return out
