@@ -22,7 +22,7 @@ from sleepy.koans import load_pack
 from sleepy.models.base import SamplingParams
 from sleepy.models.litellm_backend import LiteLLMBackend
 from sleepy.sandbox import Program, Sandbox
-from sleepy.scripted_llm import Script, ScriptedLLMServer, Step
+from sleepy.testing.scripted_llm import Script, ScriptedLLMServer, Step
 
 
 def main() -> None:

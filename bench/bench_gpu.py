@@ -50,15 +50,15 @@ def build(shape: str, out: Path) -> str:
 def examples(path: str, n: int) -> list[dict]:
     from transformers import AutoTokenizer
 
-    from sleepy.agent import SYSTEM
     from sleepy.koans import load_pack
-    from sleepy.night.dataset import Example, answer, encode
+    from sleepy.night.dataset import Example, encode
+    from sleepy.prompt import answer, chat
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     koans = load_pack().select(split="train")[:n]
-    return [encode(tokenizer, Example(k.id, "reference", ({"role": "system", "content": SYSTEM}, {
-        "role": "user", "content": f"Task: {k.title}\nFix this Rust program:\n```rust\n{k.code}```\n{k.tests}"}),
-        answer(k.solution)), 4096) for k in koans]
+    return [encode(tokenizer, Example(k.id, "reference", tuple(chat(
+        f"Task: {k.title}\nFix this Rust program:\n```rust\n{k.code}```\n{k.tests}")), answer(k.solution)), 4096)
+        for k in koans]
 
 
 def train_arm(path: str, trainer: str, steps: int, batch: int) -> dict:
@@ -81,19 +81,17 @@ def generate_arm(path: str, batches: list[int], new_tokens: int) -> list[dict]:
     """tokens/s of HFBackend.generate at each batch size, fixed new tokens per prompt."""
     import torch
 
-    from sleepy.agent import Chain, build_prompt
-    from sleepy.config import AgentConfig
     from sleepy.koans import load_pack
     from sleepy.models.base import SamplingParams
     from sleepy.models.hf import HFBackend
+    from sleepy.prompt import chat, user_prompt
     from sleepy.sandbox import Verdict
 
     backend = HFBackend(path, batch_size=max(batches))
     backend.model.generation_config.eos_token_id = None  # decode exactly new_tokens per prompt
     koans = load_pack().select(split="train")
-    prompts = [build_prompt(Chain(k, 0, k.code, Verdict(compiled=False, tests_passed=False, reason="compile_error",
-                                                        isolation="none")),
-                            AgentConfig()) for k in koans]
+    prompts = [chat(user_prompt(k, k.code, Verdict(compiled=False, tests_passed=False, reason="compile_error",
+                                                   isolation="none"))) for k in koans]
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens)
     out = []
     for b in batches:

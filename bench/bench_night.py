@@ -17,11 +17,11 @@ from types import SimpleNamespace
 
 import torch
 
-from sleepy.agent import SYSTEM
 from sleepy.koans import load_pack
 from sleepy.models.tiny import build_tiny
-from sleepy.night.dataset import Example, answer, encode
+from sleepy.night.dataset import Example, encode
 from sleepy.night.trainer import load_base, train, wrap_lora
+from sleepy.prompt import answer, chat
 
 LORA = SimpleNamespace(r=16, alpha=32, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                      "gate_proj", "up_proj", "down_proj"])
@@ -58,9 +58,8 @@ def main() -> None:
     path = str(build_tiny())
     koans = load_pack().select("borrow_checker", "train", count=4)
     _, tokenizer = load_base(path, "cpu")
-    examples = [Example(k.id, "reference", ({"role": "system", "content": SYSTEM},
-                                            {"role": "user", "content": f"Task: {k.title}\n{k.code}\n{k.tests}"}),
-                        answer(k.solution)) for k in koans]
+    examples = [Example(k.id, "reference", tuple(chat(f"Task: {k.title}\n{k.code}\n{k.tests}")), answer(k.solution))
+                for k in koans]
     encoded = [encode(tokenizer, e, 4096) for e in examples]
     ours, theirs, shared = [], [], []
     for _ in range(args.repeat):  # interleaved, so drift in machine load hits both alike

@@ -1,4 +1,4 @@
-"""The agent: prompt, fix extraction and the attempt loop (a model backend and the sandbox).
+"""The agent: the attempt loop (a model backend and the sandbox), speaking the prompt contract of sleepy/prompt.py.
 
 Attempt k is the k-th model call for a koan; steps to green is the attempt whose code passes.
 All unsolved koans advance together, one attempt per round: their prompts go to the backend as one
@@ -9,24 +9,15 @@ interrupted stage keeps every koan it finished.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import re
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sleepy.config import AgentConfig
 from sleepy.episodes import Episode
 from sleepy.koans.model import Koan
-from sleepy.models.base import Generation, SamplingParams
+from sleepy.models.base import Generation, SamplingParams, sample_seed
+from sleepy.prompt import chat, describe, extract_fix, user_prompt
 from sleepy.sandbox import Verdict
-
-STRATEGIES = ("plain", "explain", "memory")
-SYSTEM = ("You are an expert Rust programmer. You fix Rust programs so that they compile (edition 2024) "
-          "and pass their tests. Reply with the complete fixed program in one ```rust code block.")
-DIAGNOSTICS_CHARS = 3000
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
 
 @dataclass
@@ -56,73 +47,6 @@ class Chain:
     adapter: str | None = None  # the LoRA adapter its prompts go to (None: the base model)
 
 
-def extract_fix(reply: str) -> str:
-    """The program in a reply: the longest rust (or untagged) fenced block anywhere, else the whole
-    reply; a copy of the appended test module is dropped, since the sandbox appends its own."""
-    blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(reply)]
-    rust = [b for lang, b in blocks if lang in ("rust", "rs", "")]
-    code = max(rust or [b for _, b in blocks] or [reply], key=len)
-    return strip_test_module(code.strip() + "\n", "koan_tests")
-
-
-def strip_test_module(code: str, name: str) -> str:
-    from sleepy.koans.rustlings import split_tests
-
-    if f"mod {name}" not in code:
-        return code
-    try:
-        stripped, _ = split_tests(code, name)
-    except Exception:  # noqa: BLE001 - an unbalanced module is judged as it is
-        return code
-    return stripped
-
-
-def describe(verdict: Verdict) -> str:
-    """What the compiler or the tests said, for the prompt."""
-    if verdict.errors:
-        text = "\n".join(d.rendered.rstrip() for d in verdict.errors)
-    elif verdict.reason == "model_error":
-        text = "(no program: the model did not answer)"
-    else:
-        text = f"{verdict.reason}:\n{verdict.output.strip()}"
-    return text[:DIAGNOSTICS_CHARS]
-
-
-@functools.cache
-def explain(code: str) -> str:
-    """`rustc --explain CODE`, shortened to its first paragraphs."""
-    try:
-        out = subprocess.run(["rustc", "--explain", code], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.strip()[:1500]
-
-
-def build_prompt(chain: Chain, settings: AgentConfig, examples: list[tuple[str, str]] = ()) -> list[dict]:
-    """The chat prompt for the next attempt: code, diagnostics, the koan's tests; more by strategy."""
-    k = chain.koan
-    parts = [f"Task: {k.title}\n\nFix this Rust program:\n```rust\n{chain.code.rstrip()}\n```",
-             f"The compiler and tests say:\n```\n{describe(chain.verdict)}\n```",
-             f"Your program must pass these tests, which are appended to it:\n```rust\n{k.tests.rstrip()}\n```"]
-    if settings.prompt == "explain":
-        for code in chain.verdict.error_codes[:2]:
-            if text := explain(code):
-                parts.append(f"About {code}:\n{text}")
-    if settings.prompt == "memory" and examples:
-        shown = "\n\n".join(f"Errors:\n```\n{d[:800]}\n```\nFix:\n```rust\n{c.rstrip()}\n```" for d, c in examples)
-        parts.append(f"Similar errors fixed before:\n\n{shown}")
-    if settings.history and chain.history:
-        tried = "\n\n".join(f"Attempt {i}:\n```rust\n{c.rstrip()}\n```\nfailed with:\n```\n{d}\n```"
-                            for i, (c, d) in enumerate(chain.history, 1))
-        parts.append(f"Earlier attempts that did not work:\n\n{tried}")
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
-
-
-def _seed(base: int, koan_id: str, sample: int, attempt: int) -> int:
-    digest = hashlib.sha256(f"{base}/{koan_id}/{sample}/{attempt}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
 def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ctx: StageContext,
                   on_done: Callable[[Koan, list[Episode]], None],
                   memory: Callable[[str], list[tuple[str, str]]] | None = None,
@@ -130,8 +54,6 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
                   router: Callable[[Verdict], str | None] | None = None) -> None:
     """Attempt every koan up to max_attempts times (per sample); on_done(koan, episodes) per koan.
     router: the adapter for a koan from the verdict on its broken code (else every koan gets ctx.adapter)."""
-    if settings.prompt not in STRATEGIES:
-        raise ValueError(f"agent.prompt must be one of {', '.join(STRATEGIES)}; got {settings.prompt!r}")
     first = sandbox.judge_many([k.program() for k in koans])
     chains = [Chain(k, s, k.code, v, adapter=router(v) if router else ctx.adapter)
               for k, v in zip(koans, first, strict=True) for s in range(settings.samples)]
@@ -140,9 +62,11 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
         active = [c for c in chains if not c.done]
         if not active:
             break
-        prompts = [build_prompt(c, settings, memory(describe(c.verdict)) if memory else []) for c in active]
-        params = [SamplingParams(settings.temperature, settings.max_tokens, seed=_seed(ctx.seed, c.koan.id, c.sample,
-                                                                                     attempt)) for c in active]
+        prompts = [chat(user_prompt(c.koan, c.code, c.verdict, settings.prompt,
+                                    memory(describe(c.verdict)) if memory else (),
+                                    c.history if settings.history else ())) for c in active]
+        params = [SamplingParams(settings.temperature, settings.max_tokens,
+                                 seed=sample_seed(ctx.seed, c.koan.id, c.sample, attempt)) for c in active]
         gens = _generate(backend, prompts, params, [c.adapter for c in active])
         fixes = [extract_fix(g.text) if g.error is None else "" for g in gens]
         judged = [i for i, g in enumerate(gens) if g.error is None]

@@ -6,7 +6,7 @@ import pytest
 
 from sleepy.models.base import ModelLoadError, SamplingParams
 from sleepy.models.litellm_backend import LiteLLMBackend
-from sleepy.scripted_llm import Script, ScriptedLLMServer, Step
+from sleepy.testing.scripted_llm import Script, ScriptedLLMServer, Step
 
 
 def ask(koan):

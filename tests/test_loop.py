@@ -145,7 +145,7 @@ def test_vllm_night_loads_the_adapter_at_runtime_and_eval_addresses_it(tmp_path)
     """model=vllm: the night trains on local base weights, POSTs /v1/load_lora_adapter, eval asks for it by name."""
     from sleepy.koans import load_pack
     from sleepy.models.tiny import build_tiny
-    from sleepy.scripted_llm import Script, ScriptedLLMServer, Step
+    from sleepy.testing.scripted_llm import Script, ScriptedLLMServer, Step
 
     weights = build_tiny(tmp_path / "cache" / "tiny")
     koans = load_pack().select("borrow_checker", count=1)
@@ -169,7 +169,7 @@ def test_vllm_night_loads_the_adapter_at_runtime_and_eval_addresses_it(tmp_path)
 
 
 def test_a_night_with_a_backend_that_serves_no_adapters_is_refused_at_start(tmp_path):
-    from sleepy.scripted_llm import Script, ScriptedLLMServer
+    from sleepy.testing.scripted_llm import Script, ScriptedLLMServer
 
     with ScriptedLLMServer(Script()) as server:
         r = subprocess.run([sys.executable, "-m", "sleepy", "stage=cycle", "model=ollama", "model.name=scripted",

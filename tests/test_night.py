@@ -3,8 +3,9 @@
 import pytest
 
 from sleepy.koans import load_pack
-from sleepy.night.dataset import EvalLeakError, Example, answer, build_examples, encode
-from sleepy.scripted_llm import Script, ScriptedLLMServer, Step
+from sleepy.night.dataset import EvalLeakError, Example, build_examples, earlier_successes, encode
+from sleepy.prompt import answer
+from sleepy.testing.scripted_llm import Script, ScriptedLLMServer, Step
 
 PACK = load_pack()
 TRAIN = PACK.select("borrow_checker", "train", count=3)
@@ -50,6 +51,21 @@ def test_replay_examples_are_rejudged(sandbox):
     replay = [(a, "prompt a", a.solution), (b, "prompt b", b.code)]
     examples, stats = build_examples([], replay, ["reference"], sandbox, EVAL_IDS)
     assert [(e.koan_id, e.source) for e in examples] == [(a.id, "replay")] and stats["replay"] == 1
+
+
+def test_replay_takes_each_earlier_success_once_and_nothing_of_today():
+    """Before: replay took the day's successes of cycles <= c (today's included), every passed attempt of a koan."""
+    import polars as pl
+
+    a, b, c = TRAIN
+    day = pl.DataFrame([{"koan_id": k.id, "cycle": cycle, "sample": 0, "attempt": 1, "passed": passed,
+                         "prompt": f"prompt {k.id} {cycle}", "code": f"code {k.id} {cycle}"}
+                        for k, cycle, passed in [(a, 1, True), (a, 2, True), (b, 1, False), (b, 3, True), (c, 2, True)]])
+    replay = earlier_successes(day, {k.id: k for k in TRAIN}, cycle=3, fraction=1.0, n_new=10, seed=0)
+    assert sorted((k.id, p, code) for k, p, code in replay) == [(a.id, f"prompt {a.id} 2", f"code {a.id} 2"),
+                                                               (c.id, f"prompt {c.id} 2", f"code {c.id} 2")]
+    assert len(earlier_successes(day, {k.id: k for k in TRAIN}, cycle=3, fraction=0.5, n_new=2, seed=0)) == 1
+    assert earlier_successes(day, {k.id: k for k in TRAIN}, cycle=3, fraction=0.0, n_new=2, seed=0) == []
 
 
 def test_eval_koans_never_enter_a_training_set(sandbox):

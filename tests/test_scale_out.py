@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 
 from sleepy.koans import load_pack
-from sleepy.scripted_llm import Script, ScriptedLLMServer, Step
+from sleepy.testing.scripted_llm import Script, ScriptedLLMServer, Step
 
 KOANS = load_pack().select("type_mismatch", "eval", count=1)
 

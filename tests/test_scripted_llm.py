@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from sleepy.scripted_llm import Script, ScriptedLLMServer, Step
+from sleepy.testing.scripted_llm import Script, ScriptedLLMServer, Step
 
 
 def post(url, body, timeout=10):

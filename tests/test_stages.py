@@ -12,7 +12,7 @@ from conftest import ROOT
 from sleepy.episodes import EpisodeStore
 from sleepy.koans import load_pack
 from sleepy.metrics import wilson
-from sleepy.scripted_llm import Script, ScriptedLLMServer, Step
+from sleepy.testing.scripted_llm import Script, ScriptedLLMServer, Step
 
 PACK = load_pack()
 K1, K2, K3 = PACK.select("type_mismatch", "eval", count=3)
@@ -254,7 +254,7 @@ def test_readme_flow_served_script_eval_and_a_three_seed_sweep_compared(tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "sleepy.scripted_llm", "--port", str(port), "--answer", "second"],
+    server = subprocess.Popen([sys.executable, "-m", "sleepy.testing.scripted_llm", "--port", str(port), "--answer", "second"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert "scripted LLM server on" in server.stdout.readline()

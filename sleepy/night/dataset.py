@@ -11,11 +11,12 @@ Eval-split koans never enter a training set: `build_examples` refuses them, what
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
-from sleepy.agent import SYSTEM, extract_fix
 from sleepy.koans.model import Koan
-from sleepy.models.base import SamplingParams
+from sleepy.models.base import SamplingParams, sample_seed
+from sleepy.prompt import answer, chat, extract_fix
 
 SOURCES = ("self", "teacher", "reference")
 
@@ -30,11 +31,6 @@ class Example:
     source: str  # self | teacher | reference | replay
     messages: tuple  # the chat prompt: system + the day's user prompt
     response: str  # the assistant reply trained on
-
-
-def answer(code: str) -> str:
-    """A fix written the way the agent asks for it."""
-    return f"```rust\n{code.rstrip()}\n```"
 
 
 def guard_train_only(koans: list[Koan], eval_ids: set[str]) -> None:
@@ -53,10 +49,28 @@ def failed_koans(day, koans_by_id: dict[str, Koan]) -> list[tuple[Koan, str]]:
     return [(koans_by_id[r["koan_id"]], r["prompt"]) for r in outcome.iter_rows(named=True) if not r["passed"]]
 
 
+def earlier_successes(day, koans_by_id: dict[str, Koan], cycle: int, fraction: float, n_new: int,
+                      seed: int) -> list[tuple[Koan, str, str]]:
+    """Replay: the successes of this run's days before `cycle`, one per koan (its latest), as (koan, prompt, code);
+    `fraction` x the night's new examples of them, drawn at random (seeded)."""
+    import polars as pl
+
+    if fraction <= 0:
+        return []
+    wins = day.filter(pl.col("passed") & (pl.col("cycle") < cycle)).sort(["koan_id", "cycle", "sample", "attempt"])
+    latest = wins.group_by("koan_id", maintain_order=True).last()
+    rows = [(koans_by_id[r["koan_id"]], r["prompt"], r["code"]) for r in latest.iter_rows(named=True)
+            if r["koan_id"] in koans_by_id]
+    random.Random(seed * 7919 + cycle).shuffle(rows)
+    return rows[:max(1, round(fraction * max(1, n_new)))]
+
+
 def build_examples(failed: list[tuple[Koan, str]], replay: list[tuple[Koan, str, str]], sources: list[str],
                    sandbox, eval_ids: set[str], backend=None, teacher=None, self_samples: int = 4,
-                   temperature: float = 0.8, max_tokens: int = 1024, adapter: str | None = None) -> tuple[list[Example], dict]:
-    """Verified examples for the failed koans (first source that works, in order) and for replay."""
+                   temperature: float = 0.8, max_tokens: int = 1024, adapter: str | None = None,
+                   seed: int = 0) -> tuple[list[Example], dict]:
+    """Verified examples for the failed koans (first source that works, in order) and for replay. `seed` seeds the
+    samples (with each koan's id, so a koan's samples do not depend on which other koans failed)."""
     bad = [s for s in sources if s not in SOURCES]
     if bad:
         raise ValueError(f"night.targets: unknown source '{bad[0]}' (valid: {', '.join(SOURCES)})")
@@ -67,27 +81,23 @@ def build_examples(failed: list[tuple[Koan, str]], replay: list[tuple[Koan, str,
         todo = [(k, p) for k, p in failed if k.id not in chosen]
         if not todo:
             break
-        candidates = _candidates(source, todo, backend, teacher, self_samples, temperature, max_tokens, adapter)
+        candidates = _candidates(source, todo, backend, teacher, self_samples, temperature, max_tokens, adapter, seed)
         verdicts = sandbox.judge_many([k.program(code) for k, _, code in candidates])
         for (koan, prompt, code), verdict in zip(candidates, verdicts, strict=True):
             if verdict.passed and koan.id not in chosen:
-                chosen[koan.id] = Example(koan.id, source, _messages(prompt), answer(code))
+                chosen[koan.id] = Example(koan.id, source, tuple(chat(prompt)), answer(code))
                 stats[f"targets_{source}"] += 1
     stats["untargeted"] = len(failed) - len(chosen)
     examples = [chosen[k.id] for k, _ in failed if k.id in chosen]
     replays = sandbox.judge_many([k.program(code) for k, _, code in replay])
     for (koan, prompt, code), verdict in zip(replay, replays, strict=True):
         if verdict.passed:
-            examples.append(Example(koan.id, "replay", _messages(prompt), answer(code)))
+            examples.append(Example(koan.id, "replay", tuple(chat(prompt)), answer(code)))
             stats["replay"] += 1
     return examples, stats
 
 
-def _messages(prompt: str) -> tuple:
-    return ({"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt})
-
-
-def _candidates(source, todo, backend, teacher, samples, temperature, max_tokens, adapter):
+def _candidates(source, todo, backend, teacher, samples, temperature, max_tokens, adapter, seed):
     """(koan, prompt, code) candidates of one source for the koans still without a target."""
     if source == "reference":
         return [(k, p, k.solution) for k, p in todo]
@@ -96,8 +106,9 @@ def _candidates(source, todo, backend, teacher, samples, temperature, max_tokens
         raise ValueError(f"night.targets asks for '{source}' targets but no {source} model is configured"
                          + (" (night.teacher)" if source == "teacher" else ""))
     n = samples if source == "self" else 1
-    prompts = [list(_messages(p)) for k, p in todo for _ in range(n)]
-    params = [SamplingParams(temperature, max_tokens, seed=i) for i in range(len(prompts))]
+    prompts = [chat(p) for k, p in todo for _ in range(n)]
+    params = [SamplingParams(temperature, max_tokens, seed=sample_seed(seed, source, k.id, j)) for k, _ in todo
+              for j in range(n)]
     gens = model.generate(prompts, params, adapter if source == "self" else None)
     out = []
     for i, g in enumerate(gens):

@@ -205,9 +205,10 @@ def answer_script(answer: str) -> Script:
     """A script for the builtin koans: every request for a koan (found by its title) gets its solution
     (`solution`), its broken code (`broken`), or the broken code first and the solution next (`second`)."""
     from sleepy.koans import load_pack
+    from sleepy.prompt import answer
 
     def reply(code: str) -> Step:
-        return Step(reply=f"```rust\n{code.rstrip()}\n```\n")
+        return Step(reply=answer(code) + "\n")
 
     plans = {"solution": lambda k: [reply(k.solution)], "broken": lambda k: [reply(k.code)],
              "second": lambda k: [reply(k.code), reply(k.solution)]}
@@ -215,10 +216,10 @@ def answer_script(answer: str) -> Script:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m sleepy.scripted_llm: serve a script until interrupted."""
+    """python -m sleepy.testing.scripted_llm: serve a script until interrupted."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m sleepy.scripted_llm", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sleepy.testing.scripted_llm", description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     ap.add_argument("--answer", choices=["solution", "broken", "second"], default="second",
