@@ -16,9 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from sleepy.config import check_choices
+from sleepy.config import ConfigError, validate
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGE_SPLIT = {"day": "train", "eval": "eval"}
 
 
@@ -28,14 +27,15 @@ def run(cfg) -> float | None:
     from sleepy.models import ModelLoadError
 
     try:
-        check_choices(cfg)
+        validate(cfg)
         if cfg.stage == "verify":
             return verify(cfg)
         if cfg.stage == "cycle":
             return cycle(cfg)
         return attempt_stage(cfg)
     except (KoanError, ValueError, ModelLoadError) as e:
-        print(f"sleepy: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() if isinstance(e, ConfigError) else [str(e)]:
+            print(f"sleepy: error: {line}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -114,7 +114,7 @@ def check_night_config(cfg) -> None:
 
 def _adapters_dir(cfg) -> Path:
     """Where nights save adapters: <adapters_dir>/<run id>/cycle<N>."""
-    return Path(cfg.adapters_dir or ROOT / "mlruns" / "adapters")
+    return Path(cfg.adapters_dir)
 
 
 def _uwsh_sources(cfg, exclude: Path | None) -> list[Path]:
@@ -152,7 +152,7 @@ class Job:
         signal.signal(signal.SIGTERM, _terminate)
         self.tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
         self.tracker.set_tags(_hydra_tags())
-        self.store = EpisodeStore(cfg.episodes.uri or ROOT / "mlruns" / "episodes")
+        self.store = EpisodeStore(cfg.episodes.uri)
         self.sandbox = make_sandbox(cfg)
         self.adapters_root = _adapters_dir(cfg) / self.run_id
         self._backend = None
@@ -194,7 +194,7 @@ class Job:
         if todo:
             ctx = StageContext(self.run_id, self.cfg.experiment_name, cycle, stage, self.cfg.model.name, adapter,
                                int(self.cfg.seed))
-            memory = _memory(self.store, self.settings) if self.settings.prompt == "memory" else None
+            memory = _memory(self.store, self.cfg.memory.k) if self.settings.prompt == "memory" else None
             with _Progress(f"{stage} {cycle}", len(koans), len(done)) as progress:
                 def on_done(koan, episodes):
                     self.store.add_koan(episodes)
@@ -412,11 +412,11 @@ def _hydra_tags() -> dict[str, str]:
     return tags
 
 
-def _memory(store, settings):
+def _memory(store, k):
     """Retrieve successful train-split episodes whose fixed errors read like the current ones."""
     def recall(diagnostics: str) -> list[tuple[str, str]]:
         try:
-            hits = store.search_diagnostics(diagnostics[:500], limit=settings.memory_k * 4, passed=None)
+            hits = store.search_diagnostics(diagnostics[:500], limit=k * 4, passed=None)
         except Exception:  # noqa: BLE001 - no index yet: nothing to remember
             return []
         fixed = store.frame(passed=True, split="train")
@@ -428,7 +428,7 @@ def _memory(store, settings):
                                  & (fixed["cycle"] == row["cycle"]) & (fixed["sample"] == row["sample"]))
             if match.height:
                 out.append((row["diagnostics"], match["code"][0]))
-            if len(out) == settings.memory_k:
+            if len(out) == k:
                 break
         return out
     return recall

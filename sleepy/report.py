@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     ap = argparse.ArgumentParser(prog="sleepy-report", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="sleepy", help="MLflow experiment name (default: sleepy)")
-    ap.add_argument("--tracking-uri", default=None, help="default: sqlite:///<repo>/mlruns/mlflow.db")
+    ap.add_argument("--tracking-uri", default=None, help="default: sqlite:///mlruns/mlflow.db (under the working directory)")
     ap.add_argument("--metric", action="append", help="a metric to compare (repeatable); default: the seed's")
     ap.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots here and log them to MLflow")
     ap.add_argument("--json", action="store_true")

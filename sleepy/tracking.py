@@ -1,7 +1,7 @@
 """MLflow: one run per Hydra job, the flattened config as params, metrics with step = cycle, artifacts.
 
-The default store is `sqlite:///<repo>/mlruns/mlflow.db` with artifacts beside it, `mlruns/artifacts`
-(current MLflow refuses the plain file store). A run that dies without ending is marked KILLED by
+The default store is `sqlite:///mlruns/mlflow.db` under the working directory, with artifacts beside it,
+`mlruns/artifacts` (current MLflow refuses the plain file store). A run that dies without ending is marked KILLED by
 the next job that opens the experiment on the same host, so no run stays RUNNING forever.
 """
 
@@ -15,12 +15,15 @@ import subprocess
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-LOCAL_URI = f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
+LOCAL_URI = "sqlite:///mlruns/mlflow.db"
 
 
 def tracking_uri(uri: str | None) -> str:
-    return uri or LOCAL_URI
+    """The store's URI; a relative sqlite path is made absolute (it follows the working directory)."""
+    uri = uri or LOCAL_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def flatten(d, prefix: str = "") -> dict[str, str]:
@@ -37,7 +40,7 @@ def flatten(d, prefix: str = "") -> dict[str, str]:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
                               timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -95,9 +95,15 @@ def test_a_bad_subspace_choice_names_the_valid_ones():
     assert rc == 2 and "subspace.route" in err and "mean, family" in err
 
 
+def test_uwsh_with_temporary_directions_is_refused_at_start(tmp_path, cache):
+    """uwsh's fixed basis would project trained temporary directions away (0.89 relative error before)."""
+    err = night_refused(tmp_path, cache, "subspace=uwsh", "subspace.phi=1")
+    assert "config key 'subspace.phi' is 1 with subspace.method=uwsh; valid: 0" in err
+
+
 def test_a_subspace_without_its_k_rule_is_refused_at_start(tmp_path, cache):
     err = night_refused(tmp_path, cache, "subspace=share", "subspace.k=null")
-    assert "exactly one of subspace.k and subspace.explained_variance" in err
+    assert "'subspace.k' and 'subspace.explained_variance'" in err and "exactly one of them set" in err
 
 
 def test_uwsh_without_source_adapters_is_refused_at_start(tmp_path, cache):
