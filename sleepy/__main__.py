@@ -29,9 +29,17 @@ def main() -> None:
 
 
 def _run(cfg) -> float | None:
+    import signal
+    import sys
+
     from sleepy.experiment import run
 
-    return run(cfg)
+    try:
+        return run(cfg)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the run is already marked KILLED, its episodes are stored
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + getattr(e, "signum", signal.SIGINT))  # now, not after seconds of interpreter teardown
 
 
 if __name__ == "__main__":

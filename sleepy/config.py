@@ -70,12 +70,13 @@ class AgentConfig:
     samples: int = knob(1, "independent attempt chains per koan, for pass@k", ge=1)
     history: bool = knob(False, "show earlier failed attempts in the prompt")
     prompt: Literal["plain", "explain", "memory"] = knob(
-        "plain", "plain | explain (adds rustc --explain) | memory (similar fixes of earlier train episodes)")
+        "plain", "plain | explain (adds rustc --explain) | memory (similar earlier fixes of this run)")
 
 
 @dataclass
 class MemoryConfig:
     k: int = knob(3, "memory: earlier fixes shown per prompt", ge=1)
+    source: str | None = knob(None, "memory: an MLflow run id whose fixes are recalled too; null: this run's only")
 
 
 @dataclass
@@ -154,6 +155,8 @@ class Config:
     cycle: int = knob(0, "stage=day|eval: the cycle to attempt", ge=0)
     seed: int = knob(0, "seeds the model's sampling and the night's training")
     run_id: str | None = knob(None, "an MLflow run id to resume; null: a new run")
+    baseline_run_id: str | None = knob(
+        None, "an MLflow run whose episodes stand in for the earlier cycles this run lacks (same koans)")
     experiment_name: str = knob("sleepy", "the MLflow experiment")
     adapters_dir: str = knob("mlruns/adapters", "where nights save adapters: <dir>/<run id>/cycle<N>")
 

@@ -69,7 +69,7 @@ def schema():
     return pa.schema([(name, types[name]) for name in Episode.__dataclass_fields__])
 
 
-def _literal(value) -> str:
+def literal(value) -> str:
     """A SQL literal for a filter value."""
     if isinstance(value, bool):
         return str(value).lower()
@@ -135,7 +135,7 @@ class EpisodeStore:
             self._table.checkout(version)
         try:
             query = self._table.search()
-            clauses = [f"{k} = {_literal(v)}" for k, v in where.items() if v is not None]
+            clauses = [f"{k} = {literal(v)}" for k, v in where.items() if v is not None]
             if clauses:
                 query = query.where(" AND ".join(clauses))
             arrow = query.limit(None).to_arrow()
@@ -158,11 +158,11 @@ class EpisodeStore:
         self._commit("index diagnostics",
                      lambda: self._table.create_index("diagnostics", config=FTS(), replace=True), done_by="CreateIndex")
 
-    def search_diagnostics(self, text: str, limit: int = 5, passed: bool | None = None):
-        """Episodes whose diagnostics best match text (full-text), as a polars DataFrame."""
+    def search_diagnostics(self, text: str, limit: int = 5, where: str | None = None):
+        """Episodes whose diagnostics best match text (full-text), among those `where` (SQL) selects, as polars."""
         import polars as pl
 
         query = self._table.search(text, query_type="fts")
-        if passed is not None:
-            query = query.where(f"passed = {str(passed).lower()}", prefilter=True)
+        if where:
+            query = query.where(where, prefilter=True)
         return pl.from_arrow(query.limit(limit).to_arrow())

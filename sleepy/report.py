@@ -16,8 +16,9 @@ from pathlib import Path
 
 IGNORED = ("seed", "run_id", "episodes.uri", "tracking.uri", "tracking.artifact_root", "model.api_base",
            "model.api_key", "model.cache_dir", "sandbox.jobs")
-DEFAULT_METRICS = ("eval/pass_rate", "eval/median_steps", "eval/repeat_error_rate", "day/pass_rate",
-                   "night/trainable_params", "night/trainable_params_lora_equivalent")
+DEFAULT_METRICS = ("eval/pass_rate", "eval/median_steps", "eval/mean_steps_all", "eval/repeat_error_rate",
+                   "eval/persistent_failure_rate", "day/pass_rate", "cl/bwt", "cl/forgetting", "night/trainable_params",
+                   "night/trainable_params_lora_equivalent")
 # two-sided 95% Student t quantiles for 1..30 degrees of freedom
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)

@@ -1,4 +1,5 @@
-"""MLflow: one run per Hydra job, the flattened config as params, metrics with step = cycle, artifacts.
+"""MLflow: one run per Hydra job, named for what it runs; the flattened config as params, the git commit and Hydra's
+choices and overrides as tags; metrics with step = cycle; artifacts (the Hydra config, episodes as Parquet, JSON).
 
 The default store is `sqlite:///mlruns/mlflow.db` under the working directory, with artifacts beside it,
 `mlruns/artifacts` (current MLflow refuses the plain file store). A run that dies without ending is marked KILLED by
@@ -24,6 +25,48 @@ def tracking_uri(uri: str | None) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
     return uri
+
+
+def artifact_location(uri: str, artifact_root: str | None) -> str | None:
+    """Where a new experiment's artifacts go: artifact_root, or for a sqlite store the `artifacts` folder beside it."""
+    if artifact_root is None and uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return artifact_root
+
+
+def local_dirs(uri: str, artifact_root: str | None) -> list[Path]:
+    """The local directories a store at `uri` writes to (none for a tracking server)."""
+    uri = tracking_uri(uri)
+    dirs = [Path(uri.removeprefix("sqlite:///")).parent] if uri.startswith("sqlite:///") else []
+    location = artifact_location(uri, artifact_root)
+    if location and location.startswith(("file:", "/")):
+        dirs.append(Path(location.removeprefix("file://")))
+    return dirs
+
+
+def run_name(cfg) -> str:
+    """What a run runs: the cycles of its experiment, or one stage and cycle; then the command line's overrides."""
+    what = f"cycles{cfg.cycles}" if cfg.stage == "cycle" else f"{cfg.stage}{cfg.cycle}"
+    hc = _hydra()
+    return f"{what}:{' '.join(hc.overrides.task) or 'defaults'}"[:250] if hc else what
+
+
+def hydra_tags() -> dict[str, str]:
+    """Hydra's choices of config groups, the overrides and the output directory, as run tags."""
+    hc = _hydra()
+    if hc is None:
+        return {}
+    tags = {f"hydra.choice.{k}": str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
+    tags["hydra.overrides"] = " ".join(hc.overrides.task)
+    tags["hydra.output_dir"] = hc.runtime.output_dir
+    return tags
+
+
+def _hydra():
+    """Hydra's config of the running job, or None outside a Hydra job (e.g. the compose API)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
 
 
 def flatten(d, prefix: str = "") -> dict[str, str]:
@@ -63,11 +106,8 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = artifact_root
-        if location is None and self.uri.startswith("sqlite:///"):  # artifacts beside the store
-            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.uri, artifact_root))
         except Exception:  # noqa: BLE001 - a parallel job created it first
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -109,6 +149,29 @@ class Tracker:
                 self._retry(self.client.set_terminated, run.info.run_id, status="KILLED")
                 reaped += 1
         return reaped
+
+    def log_config(self, config: dict) -> None:
+        """The resolved config as params (flattened), Hydra's choices and overrides as tags, its .hydra folder."""
+        self.log_params(flatten(config))
+        self.set_tags(hydra_tags())
+        if hc := _hydra():
+            self.log_artifacts(Path(hc.runtime.output_dir) / ".hydra", "hydra")
+
+    def log_frame(self, frame, artifact_path: str, name: str) -> None:
+        """A polars frame as a Parquet artifact."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            frame.write_parquet(Path(d) / name)
+            self.log_artifacts(Path(d) / name, artifact_path)
+
+    def log_json(self, obj, artifact_path: str, name: str) -> None:
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / name).write_text(json.dumps(obj, indent=1))
+            self.log_artifacts(Path(d) / name, artifact_path)
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param

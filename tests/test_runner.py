@@ -63,9 +63,13 @@ def test_main_job_smoke_experiment_runs_offline(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     assert run.info.status == "FINISHED"
-    steps = {key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-             for key in ("eval/pass_rate", "day/pass_rate", "night/examples")}
-    assert steps == {"eval/pass_rate": [0, 1, 2], "day/pass_rate": [1, 2], "night/examples": [1, 2]}
+    keys = ("eval/pass_rate", "day/pass_rate", "night/examples", "eval/persistent_failure_rate", "eval/mcnemar_p",
+            "recall/pass_rate", "cl/bwt", "cl/forgetting", "cl/fwt")
+    steps = {key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in keys}
+    assert steps == {"eval/pass_rate": [0, 1, 2], "day/pass_rate": [1, 2], "night/examples": [1, 2],
+                     "eval/persistent_failure_rate": [1, 2], "eval/mcnemar_p": [1, 2], "recall/pass_rate": [1, 2],
+                     "cl/bwt": [2], "cl/forgetting": [2], "cl/fwt": [2]}
+    assert run.data.tags["mlflow.runName"].startswith("cycles2:")  # before: "cycle0:..."
     assert (tmp_path / "adapters" / run.info.run_id / "cycle2" / "adapter_model.safetensors").exists()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapters")}
     assert artifacts == {"adapters/cycle1", "adapters/cycle2"}
@@ -119,3 +123,4 @@ def test_unsloth_without_a_gpu_is_refused_at_start(tmp_path, cache):
         pytest.skip("a GPU is present")
     err = night_refused(tmp_path, cache, "night.trainer=unsloth")
     assert "night.trainer=unsloth needs a CUDA GPU" in err
+

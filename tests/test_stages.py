@@ -58,8 +58,9 @@ def test_two_scripted_cycles_give_the_metrics_computed_by_hand(tmp_path):
         sleepy(tmp_path, server, "cycle=0")
     # cycle 1: K1 now fails (a regression); K2 fails again with the same signature (a repeat); K3 passes at 1.
     cycle1 = Script({K1.title: [fix(K1.code)], K2.title: [fix(K2.code)], K3.title: [fix(K3.solution)]})
-    with ScriptedLLMServer(cycle1) as server:
-        sleepy(tmp_path, server, "cycle=1", protocol="ollama")
+    _, (run0,) = runs(tmp_path)
+    with ScriptedLLMServer(cycle1) as server:  # cycle 0 is the first run's, named as this run's baseline
+        sleepy(tmp_path, server, "cycle=1", f"baseline_run_id={run0.info.run_id}", protocol="ollama")
     client, (run0, run1) = runs(tmp_path)
     for run in (run0, run1):
         assert run.info.status == "FINISHED"
@@ -221,17 +222,37 @@ def test_samples_give_pass_at_k(tmp_path):
     assert sorted(episodes["sample"].to_list()) == [0, 1, 2]
 
 
-def test_memory_strategy_retrieves_train_fixes_from_earlier_days(tmp_path):
+def test_memory_strategy_retrieves_this_runs_fixes_from_its_earlier_days(tmp_path):
     a, b = PACK.select("borrow_checker", "train", count=2)
     day0 = Script({a.title: [fix(a.code), fix(a.solution)], b.title: [fix(b.solution)]})
     common = ("stage=day", "koans=borrow_checker", "koans.count=2", "agent.prompt=memory")
     with ScriptedLLMServer(day0) as server:
         sleepy(tmp_path, server, *common, "cycle=0")
+    run_id = EpisodeStore(tmp_path / "episodes").frame()["run_id"][0]
     day1 = Script({a.title: [fix(a.solution)], b.title: [fix(b.solution)]})
     with ScriptedLLMServer(day1) as server:
-        sleepy(tmp_path, server, *common, "cycle=1")
+        sleepy(tmp_path, server, *common, "cycle=1", f"run_id={run_id}")
         prompts = [e["body"]["messages"][-1]["content"] for e in server.log]
     assert any("Similar errors fixed before" in p and a.solution.strip().splitlines()[0] in p for p in prompts)
+
+
+def test_sigterm_during_a_served_model_call_stops_the_run_at_once_as_killed(tmp_path):
+    """Before: the stage took 4-5 s to stop and ended in a traceback with exit status -2."""
+    script = Script({K1.title: [Step(reply="late", delay_s=60)]})
+    with ScriptedLLMServer(script) as server:
+        proc = sleepy(tmp_path, server, "koans.count=1", popen=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and not server.log:  # a model call is in flight
+            time.sleep(0.05)
+        time.sleep(0.3)
+        start = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        took = time.time() - start
+    assert took < 3 and proc.returncode == 128 + signal.SIGTERM, (took, err[-2000:])
+    assert "Traceback" not in err and "marked KILLED" in err and "resume it with run_id=" in err
+    _, (run,) = runs(tmp_path)
+    assert run.info.status == "KILLED"
 
 
 def test_the_real_model_without_local_weights_is_one_clear_error(tmp_path):

@@ -38,6 +38,27 @@ class NightFit:
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
+    def as_mlflow(self) -> dict[str, float]:
+        out = {"night/steps": self.steps, "night/loss_first": self.loss_first, "night/loss_last": self.loss_last,
+               "night/trainable_params": self.trainable_params, "night/trainable_params_lora_equivalent": self.lora_params,
+               "night/tokens_per_s": self.tokens_per_s, "night/seconds": self.seconds, "night/tasks": len(self.tasks)}
+        if not math.isnan(self.basis_columns):
+            out |= {"night/subspace_k": self.basis_columns, "night/subspace_kept": self.kept}
+        if self.sources:
+            out["night/subspace_sources"] = self.sources
+        return {k: float(v) for k, v in out.items()}
+
+
+def night_tasks(examples: list, cycle: int, family_of: dict[str, str] | None = None) -> dict[str, list]:
+    """The night's tasks: one, named for the night; or, given each koan's family (subspace.route=family), one per
+    family."""
+    if family_of is None:
+        return {f"night{cycle}": examples}
+    tasks: dict[str, list] = {}
+    for x in examples:
+        tasks.setdefault(family_of[x.koan_id], []).append(x)
+    return dict(sorted(tasks.items()))
+
 
 def fit_night(path: str, groups: dict[str, list], out: Path, *, lora, night, subspace, device: str = "auto",
               dtype: str = "auto", seed: int = 0, previous: Path | None = None,

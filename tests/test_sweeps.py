@@ -1,0 +1,31 @@
+"""Every experiment runs end to end: one sweep over conf/experiment/*.yaml in the fast debug mode (as
+lightning-hydra-template's tests/test_sweeps.py does), so no experiment file rots."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from test_config import EXPERIMENTS
+
+
+@pytest.mark.slow
+def test_every_experiment_runs_in_the_fast_debug_mode(tmp_path):
+    env = dict(os.environ, SLEEPY_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "sleepy", "-m", "+experiment=glob(*)", "+debug=fast",
+                        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"episodes.uri={tmp_path}/episodes",
+                        f"adapters_dir={tmp_path}/adapters", f"hydra.sweep.dir={tmp_path}/multirun"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for name in EXPERIMENTS:  # uwsh runs last: its basis comes from the adapters the runs before it saved
+        (run,) = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        assert run.info.status == "FINISHED", name
+        assert "eval/pass_rate" in run.data.metrics, name
+    lora = client.search_runs([client.get_experiment_by_name("lora").experiment_id])[0]
+    assert {m.step for m in client.get_metric_history(lora.info.run_id, "cl/bwt")} == {2}
+    assert {a.path for a in client.list_artifacts(lora.info.run_id, "accuracy_matrix")} == \
+        {"accuracy_matrix/cycle1.json", "accuracy_matrix/cycle2.json"}
