@@ -17,9 +17,10 @@ def main() -> None:
 
     import hydra
 
+    from sleepy import shipped
     from sleepy.config import check_override_keys, register
 
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    conf = str(shipped("conf"))
     groups = {d for d in os.listdir(conf) if os.path.isdir(os.path.join(conf, d))}
     if error := check_override_keys(sys.argv[1:], groups):
         print(f"sleepy: error: {error}", file=sys.stderr)

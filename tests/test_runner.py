@@ -124,3 +124,32 @@ def test_unsloth_without_a_gpu_is_refused_at_start(tmp_path, cache):
     err = night_refused(tmp_path, cache, "night.trainer=unsloth")
     assert "night.trainer=unsloth needs a CUDA GPU" in err
 
+
+@pytest.mark.slow
+def test_a_non_editable_install_runs_anywhere_and_its_outputs_follow_the_working_directory(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "mlruns", "outputs", "multirun",
+                                                             "__pycache__", "*.egg-info", "build", ".cache"))
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                        str(tmp_path / "site"), str(src)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), SLEEPY_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "sleepy", "stage=day", "koans=lifetimes", "koans.count=1",
+                        "agent.max_attempts=1", "agent.max_tokens=8"], cwd=elsewhere, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (elsewhere / "mlruns" / "mlflow.db").exists() and (elsewhere / "mlruns" / "episodes").is_dir()
+    assert not (tmp_path / "site" / "mlruns").exists()
+    r = subprocess.run([sys.executable, "-c", "import sleepy, sleepy.koans; print(sleepy.__file__, sleepy.koans.BUILTIN)"],
+                       cwd=elsewhere, env=env, capture_output=True, text=True)
+    site = tmp_path / "site" / "sleepy"
+    assert r.stdout.split() == [str(site / "__init__.py"), str(site / "data" / "koans")]

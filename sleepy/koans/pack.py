@@ -8,10 +8,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sleepy import shipped
 from sleepy.koans import lock
 from sleepy.koans.model import SPLITS, Koan, KoanError, read_utf8, relpath, shape_similarity, wrap_tests
 
-BUILTIN = Path(__file__).resolve().parents[2] / "koans"
+BUILTIN = shipped("koans")
 REQUIRED = ("id", "family", "split", "title", "expected_errors", "code", "solution", "tests")
 OPTIONAL = ("hint",)
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
