@@ -17,7 +17,7 @@ import sys
 
 from sleepy import console
 from sleepy.config import ConfigError, validate
-from sleepy.job import Job, make_sandbox
+from sleepy.job import Job, make_sandbox, uwsh_sources
 
 
 def run(cfg) -> float | None:
@@ -94,7 +94,7 @@ def train_adapter(job: Job, cycle: int, examples: list, earlier: list, previous:
     fit = fit_night(job.backend.path, night_tasks([*earlier, *examples], cycle, family_of), job.adapters.partial(cycle),
                     lora=cfg.lora, night=cfg.night, subspace=cfg.subspace, device=cfg.model.device, dtype=cfg.model.dtype,
                     seed=int(cfg.seed) * 1000 + cycle, previous=job.adapters.dir(previous) if previous else None,
-                    sources=job.uwsh_sources)
+                    sources=lambda: uwsh_sources(cfg, job.adapters.root))
     out = job.adapters.commit(cycle, examples, {"episodes_version": job.store.version(), "tasks": fit.tasks})
     job.tracker.log_artifacts(out, f"adapters/cycle{cycle}")
     job.load_adapter(cycle)

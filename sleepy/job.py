@@ -1,8 +1,8 @@
 """One run's context: the koans, the sandbox, the MLflow run, the episode store, the model (loaded when first
 asked for), the run's adapters, and the checks that refuse a run before any of it starts.
 
-    with Job(cfg) as job:   pre-flight checks (stores writable, a koan's solution passes the sandbox, night
-                            settings), then the MLflow run: new, or `run_id`'s resumed; SIGTERM ends it as KILLED
+    with Job(cfg) as job:   preflight(): stores writable, a koan's own solution passes the sandbox, night settings;
+                            then the MLflow run: new, or `run_id`'s resumed; a SIGTERM ends it as KILLED
         ...                 the stages of sleepy/experiment.py
                             on leaving: status FINISHED | FAILED | KILLED, the model freed, SIGTERM's handler back
 
@@ -45,7 +45,7 @@ class Job:
         from sleepy.tracking import Tracker, run_name
 
         cfg = self.cfg
-        self.preflight()
+        preflight(cfg, self.sandbox, self.koans("eval" if cfg.stage == "eval" else "day"))
         self.store = EpisodeStore(cfg.episodes.uri)
         if cfg.baseline_run_id and self.store.frame(run_id=cfg.baseline_run_id).is_empty():
             raise ValueError(f"baseline_run_id={cfg.baseline_run_id}: the episode store {cfg.episodes.uri} holds no "
@@ -76,41 +76,6 @@ class Job:
             print(f"sleepy: run {self.run_id} stopped ({exc or 'interrupted'}) and marked KILLED; what it finished is "
                   f"kept: resume it with run_id={self.run_id}", file=sys.stderr)
         return False
-
-    # -- before anything starts -----------------------------------------------------------------------------------
-    def preflight(self) -> None:
-        """Refuse, before a run exists or a model is called: a store that cannot be written, sandbox settings under
-        which a koan's own solution fails, night settings that cannot work."""
-        from sleepy.tracking import local_dirs
-
-        cfg = self.cfg
-        writable(Path(cfg.episodes.uri), "episodes.uri")
-        for path in local_dirs(cfg.tracking.uri, cfg.tracking.artifact_root):
-            writable(path, "tracking.uri" if path.name != "artifacts" else "tracking.artifact_root")
-        self.check_sandbox()
-        if cfg.stage == "cycle" and cfg.night.enabled:
-            writable(Path(cfg.adapters_dir), "adapters_dir")
-            self.check_trainer()
-
-    def check_sandbox(self) -> None:
-        """One koan's solution must pass under these sandbox settings, or every attempt would fail for the sandbox's
-        sake (limits too small, an edition the koans are not written for)."""
-        koan = next(k for k in self.koans("eval" if self.cfg.stage == "eval" else "day") if not k.clippy)
-        verdict = self.sandbox.judge_program(koan.program(koan.solution))
-        if not verdict.passed:
-            s = self.cfg.sandbox
-            raise ValueError(f"sandbox pre-flight: the solution of koan {koan.id} does not pass ({verdict.reason}: "
-                             f"{(verdict.signature or verdict.output.strip())[:160]}) with sandbox.edition={s.edition} and "
-                             f"sandbox.limits {dict(s.limits)}; raise the limits or fix the edition")
-
-    def check_trainer(self) -> None:
-        """The night's trainer can be loaded, and uwsh has adapters to extract its basis from."""
-        from sleepy.night.trainer import import_unsloth, resolve_trainer
-
-        if self.cfg.subspace.method == "uwsh":
-            self.uwsh_sources()
-        elif self.cfg.subspace.method == "none" and resolve_trainer(self.cfg.night.trainer) == "unsloth":
-            import_unsloth()  # before the backend brings transformers and peft in
 
     def check_night(self) -> None:
         """A night needs a backend that serves adapters and local base weights to train on."""
@@ -183,18 +148,6 @@ class Job:
         before = cycle if stage == "day" else cycle + 1
         return Memory(self.store, self.run_id, before, self.cfg.memory.k, self.cfg.memory.source)
 
-    def uwsh_sources(self) -> list[Path]:
-        """The peft adapters uwsh extracts its fixed basis from (none of this run's)."""
-        from sleepy.night.adapters import find_adapters
-
-        source = self.cfg.subspace.source or self.cfg.adapters_dir
-        mine = Path(self.cfg.adapters_dir) / self.cfg.run_id if self.cfg.run_id else None
-        found = find_adapters(source, exclude=mine) if Path(source).is_dir() or self.cfg.subspace.source else []
-        if not found:
-            raise ValueError(f"subspace.source={source}: no peft LoRA adapter there to extract the uwsh basis from "
-                             "(run +experiment=lora first, or point subspace.source at a directory of adapters)")
-        return found
-
     def stage_metrics(self, stage: str, cycle: int):
         """The stage's metrics at `cycle` and its per-family table, against the cycle before and the stage's first
         cycle as this run's history has them (its own, else the named baseline run's, else absent)."""
@@ -206,12 +159,61 @@ class Job:
                              samples=self.settings.samples, expected={k.id: k.expected_errors for k in self.pack.koans})
 
 
-def make_sandbox(s):
-    """The sandbox the `sandbox` config group describes."""
+def preflight(cfg, sandbox, koans) -> None:
+    """Refuse, before a run exists or a model is called: a store that cannot be written, sandbox settings under which
+    a koan's own solution fails, night settings that cannot work."""
+    from sleepy.tracking import local_dirs
+
+    writable(Path(cfg.episodes.uri), "episodes.uri")
+    for path in local_dirs(cfg.tracking.uri, cfg.tracking.artifact_root):
+        writable(path, "tracking.uri" if path.name != "artifacts" else "tracking.artifact_root")
+    check_sandbox(cfg.sandbox, sandbox, next(k for k in koans if not k.clippy))
+    if cfg.stage == "cycle" and cfg.night.enabled:
+        writable(Path(cfg.adapters_dir), "adapters_dir")
+        check_trainer(cfg)
+
+
+def check_sandbox(s, sandbox, koan) -> None:
+    """The koan's own solution must pass under the sandbox settings `s`, or every attempt would fail for the
+    sandbox's sake (limits too small, an edition the koans are not written for)."""
+    verdict = sandbox.judge_program(koan.program(koan.solution))
+    if not verdict.passed:  # judged again, afresh: a failure cached from a flaky judgement must not stop every job
+        verdict = make_sandbox(s, use_cache=False).judge_program(koan.program(koan.solution))
+    if not verdict.passed:
+        raise ValueError(f"sandbox pre-flight: the solution of koan {koan.id} does not pass ({verdict.reason}: "
+                         f"{(verdict.signature or verdict.output.strip())[:160]}) with sandbox.edition={s.edition} and "
+                         f"sandbox.limits {dict(s.limits)}; raise the limits or fix the edition")
+
+
+def check_trainer(cfg) -> None:
+    """The night's trainer can be loaded, and uwsh has adapters to extract its basis from."""
+    from sleepy.night.trainer import import_unsloth, resolve_trainer
+
+    if cfg.subspace.method == "uwsh":
+        uwsh_sources(cfg)
+    elif cfg.subspace.method == "none" and resolve_trainer(cfg.night.trainer) == "unsloth":
+        import_unsloth()  # before the backend brings transformers and peft in
+
+
+def uwsh_sources(cfg, mine: Path | None = None) -> list[Path]:
+    """The peft adapters uwsh extracts its fixed basis from: none of this run's (under `mine`, or run_id's)."""
+    from sleepy.night.adapters import find_adapters
+
+    source = cfg.subspace.source or cfg.adapters_dir
+    mine = mine or (Path(cfg.adapters_dir) / cfg.run_id if cfg.run_id else None)
+    found = find_adapters(source, exclude=mine) if Path(source).is_dir() or cfg.subspace.source else []
+    if not found:
+        raise ValueError(f"subspace.source={source}: no peft LoRA adapter there to extract the uwsh basis from "
+                         "(run +experiment=lora first, or point subspace.source at a directory of adapters)")
+    return found
+
+
+def make_sandbox(s, use_cache: bool | None = None):
+    """The sandbox the `sandbox` config group describes (use_cache: override sandbox.cache)."""
     from sleepy.sandbox import Sandbox, SandboxLimits
 
-    return Sandbox(edition=s.edition, isolation_level=s.isolation, jobs=s.jobs, use_cache=s.cache,
-                   limits=SandboxLimits(**s.limits))
+    return Sandbox(edition=s.edition, isolation_level=s.isolation, jobs=s.jobs,
+                   use_cache=s.cache if use_cache is None else use_cache, limits=SandboxLimits(**s.limits))
 
 
 def writable(path: Path, key: str) -> None:

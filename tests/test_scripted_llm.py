@@ -81,3 +81,13 @@ def test_litellm_talks_to_it_as_openai_and_as_ollama(server):
     r = litellm.completion(model="ollama_chat/scripted", api_base=server.url, messages=chat("bc_lite"), timeout=10)
     assert r.choices[0].message.content == "from the script"
     assert {e["path"] for e in server.log if e["key"] == "bc_lite"} == {"/v1/chat/completions", "/api/chat"}
+
+
+def test_the_command_lines_answer_script_serves_each_builtin_koan_its_broken_code_then_its_solution():
+    from sleepy.koans import load_pack
+    from sleepy.prompt import extract_fix
+    from sleepy.testing.scripted_llm import answer_script
+
+    koan = load_pack().koans[0]
+    broken, fixed = answer_script("second").steps[koan.title]
+    assert extract_fix(broken.reply) == koan.code.strip() + "\n" and extract_fix(fixed.reply) == koan.solution.strip() + "\n"

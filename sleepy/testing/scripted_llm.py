@@ -204,11 +204,11 @@ def _handler(server: ScriptedLLMServer):
 def answer_script(answer: str) -> Script:
     """A script for the builtin koans: every request for a koan (found by its title) gets its solution
     (`solution`), its broken code (`broken`), or the broken code first and the solution next (`second`)."""
+    from sleepy import prompt
     from sleepy.koans import load_pack
-    from sleepy.prompt import answer
 
     def reply(code: str) -> Step:
-        return Step(reply=answer(code) + "\n")
+        return Step(reply=prompt.answer(code) + "\n")
 
     plans = {"solution": lambda k: [reply(k.solution)], "broken": lambda k: [reply(k.code)],
              "second": lambda k: [reply(k.code), reply(k.solution)]}
