@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from sleepy.koans import load_pack
-from sleepy.koans.cli import verify_koans
+from sleepy.koans.verify import verify_koans
 from sleepy.sandbox import Program, Sandbox
 from sleepy.sandbox.judge import default_jobs, toolchain
 

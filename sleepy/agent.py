@@ -98,12 +98,21 @@ def explain(code: str) -> str:
     return out.strip()[:1500]
 
 
+def task(k: Koan) -> str:
+    """What counts as a pass, in the prompt: the appended tests, the file's own tests, or main running to its end."""
+    if k.tests:
+        return f"Your program must pass these tests, which are appended to it:\n```rust\n{k.tests.rstrip()}\n```"
+    if k.required:
+        return ("Fix the program and its own test module: these tests must still be there, run and pass: "
+                + ", ".join(f"`{name}`" for name in k.required) + ".")
+    return "Your program must compile and run to the end of `main` without panicking."
+
+
 def build_prompt(chain: Chain, settings: AgentConfig, examples: list[tuple[str, str]] = ()) -> list[dict]:
     """The chat prompt for the next attempt: code, diagnostics, the koan's tests; more by strategy."""
     k = chain.koan
     parts = [f"Task: {k.title}\n\nFix this Rust program:\n```rust\n{chain.code.rstrip()}\n```",
-             f"The compiler and tests say:\n```\n{describe(chain.verdict)}\n```",
-             f"Your program must pass these tests, which are appended to it:\n```rust\n{k.tests.rstrip()}\n```"]
+             f"The compiler and tests say:\n```\n{describe(chain.verdict)}\n```", task(k)]
     if settings.prompt == "explain":
         for code in chain.verdict.error_codes[:2]:
             if text := explain(code):
@@ -183,7 +192,7 @@ def _episode(ctx: StageContext, chain: Chain, attempt: int, prompt, gen: Generat
         run_id=ctx.run_id, experiment=ctx.experiment, cycle=ctx.cycle, stage=ctx.stage, koan_id=k.id,
         family=k.family, split=k.split, attempt=attempt, model=ctx.model, adapter=chain.adapter or "",
         sample=chain.sample, prompt=prompt[-1]["content"], response=gen.text, code=code, compiled=v.compiled,
-        tests_passed=v.tests_passed, passed=v.passed, reason=v.reason, error_codes=v.error_codes,
+        tests_passed=v.tests_passed, passed=v.passed, reason=v.reason, flaky=v.flaky, error_codes=v.error_codes,
         signature=v.signature if v.reason != "model_error" else f"model_error: {(gen.error or '')[:80]}",
         diagnostics=describe(v) if not v.passed else "", tokens_in=gen.tokens_in, tokens_out=gen.tokens_out,
         latency_ms=gen.latency_ms, judge_ms=v.wall_ms, seed=ctx.seed, temperature=settings.temperature)

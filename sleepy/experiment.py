@@ -56,15 +56,12 @@ def make_sandbox(cfg):
 
 
 def verify(cfg) -> float:
-    """Judge every selected koan: broken code must fail as declared, the solution must pass."""
-    from sleepy.koans.cli import verify_koans
+    """Judge every selected koan: broken code must fail as declared, the solution must pass, no eval koan leaks."""
+    from sleepy.koans.verify import print_report
+    from sleepy.koans.verify import verify as verify_all
 
-    koans = select_koans(cfg)
-    sandbox = make_sandbox(cfg)
-    report = verify_koans(koans, sandbox)
-    for f in report["failed"]:
-        print(f"FAIL {f['id']}: {f['why']}")
-    print(f"{report['verified']}/{report['koans']} koans verified (isolation: {sandbox.isolation})")
+    report = verify_all(select_koans(cfg), make_sandbox(cfg))
+    print_report(report)
     if report["failed"]:
         sys.exit(1)
     return report["verified"] / max(1, report["koans"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -30,11 +31,16 @@ class Koan:
     clippy: bool = False  # judged with clippy -D warnings
     check_unsolved: bool = True  # the broken code must fail (rustlings' skip_check_unsolved = false)
     source: str = ""  # the file it was loaded from, for error messages
+    # Whole-file koans (a rustlings exercise whose TODO is inside its tests): `tests` is empty, the fix
+    # keeps its own test module, and these tests of it (the solution's) must all run and pass.
+    required: tuple[str, ...] = ()
 
     def content_hash(self) -> str:
         """sha256 of everything that defines the koan (not where it was loaded from)."""
         fields = asdict(self)
         fields.pop("source")
+        if not fields["required"]:  # absent from koans written before it existed: their hashes stay
+            fields.pop("required")
         blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -42,12 +48,21 @@ class Koan:
         """What the sandbox judges: `code` (default: the broken code) with this koan's tests, mode and lints."""
         from sleepy.sandbox import Program
 
-        return Program(self.code if code is None else code, self.tests, self.mode, self.clippy)
+        return Program(self.code if code is None else code, self.tests, self.mode, self.clippy, self.required,
+                       own_names(self.solution))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["expected_errors"] = list(self.expected_errors)
         return d
+
+
+@functools.lru_cache(maxsize=4096)
+def own_names(solution: str) -> frozenset[str]:
+    """The names a koan's solution defines: its tests may use them in place of std's."""
+    from sleepy.rust_source import defined_names
+
+    return frozenset(defined_names(solution))
 
 
 def wrap_tests(tests: str) -> str:

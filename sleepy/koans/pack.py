@@ -59,9 +59,9 @@ def load_pack(path: str | Path | None = None, check_lock: bool = True) -> Pack:
     root = Path(path) if path else BUILTIN
     if not root.is_dir():
         raise KoanError(f"{root}: koan pack path does not exist or is not a directory")
-    if (root / "info.toml").exists():
-        from sleepy.koans.rustlings import load_rustlings
+    from sleepy.koans.rustlings import info_path, load_rustlings
 
+    if info_path(root):
         return load_rustlings(root)
     if (root / "pack.toml").exists():
         return load_toml_pack(root, check_lock)

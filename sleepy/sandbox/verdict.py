@@ -6,7 +6,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
-REASONS = ("ok", "compile_error", "test_failure", "runtime_error", "timeout", "memory", "output_limit")
+REASONS = ("ok", "compile_error", "test_failure", "runtime_error", "timeout", "memory", "output_limit", "incomplete")
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,10 @@ class Diagnostic:
 
 @dataclass
 class Verdict:
-    """The judgement of one program: did it compile, did its tests pass, and why not."""
+    """The judgement of one program: did it compile, did its tests pass, and why not.
+
+    reason `incomplete`: the program exited 0 but not every test of the koan was seen to pass (or, in
+    run mode, `main` did not return): it ended early, or forged its report."""
 
     compiled: bool
     tests_passed: bool
@@ -35,7 +38,8 @@ class Verdict:
     compile_ms: float = 0.0
     run_ms: float = 0.0
     wall_ms: float = 0.0
-    cached: bool = False
+    cached: bool = False  # the compile result came from the cache (run outcomes are never cached)
+    flaky: bool = False  # repeated runs (sandbox.runs > 1) disagreed
 
     @property
     def passed(self) -> bool:
