@@ -83,6 +83,8 @@ def describe(verdict: Verdict) -> str:
         text = "\n".join(d.rendered.rstrip() for d in verdict.errors)
     elif verdict.reason == "model_error":
         text = "(no program: the model did not answer)"
+    elif verdict.reason == "incomplete":
+        text = f"incomplete: the program exited before every test (or main) ran to its end:\n{verdict.output.strip()}"
     else:
         text = f"{verdict.reason}:\n{verdict.output.strip()}"
     return text[:DIAGNOSTICS_CHARS]

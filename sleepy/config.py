@@ -22,7 +22,8 @@ class SandboxConfig:
     edition: str = "2024"
     isolation: str = "auto"  # auto | bwrap | netns | none
     jobs: int | None = None  # None: one per core
-    cache: bool = True
+    cache: bool = True  # compile results (deterministic); run outcomes are never cached
+    runs: int = 1  # test runs per judgement: a pass needs every run to pass; runs that disagree mark it flaky
     limits: SandboxLimits = field(default_factory=SandboxLimits)
 
 

@@ -52,7 +52,7 @@ def make_sandbox(cfg):
 
     s = cfg.sandbox
     return Sandbox(edition=s.edition, isolation_level=s.isolation, jobs=s.jobs, use_cache=s.cache,
-                   limits=SandboxLimits(**s.limits))
+                   limits=SandboxLimits(**s.limits), runs=s.runs)
 
 
 def verify(cfg) -> float:

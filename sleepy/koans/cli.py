@@ -32,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--jobs", type=int, default=None, help="programs judged at once (default: cores + 2)")
         c.add_argument("--edition", default="2024")
         c.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "netns", "none"])
-        c.add_argument("--no-cache", action="store_true", help="judge again even if a verdict is cached")
+        c.add_argument("--no-cache", action="store_true", help="compile again even if the result is cached")
+        c.add_argument("--runs", type=int, default=1, help="test runs per program (runs that disagree: flaky)")
 
     c = sub.add_parser("list", help="list koans")
     pack_arg(c)
@@ -103,7 +104,7 @@ def _sandbox(args):
     from sleepy.sandbox import Sandbox
 
     return Sandbox(edition=args.edition, isolation_level=args.isolation, jobs=args.jobs,
-                   use_cache=not args.no_cache)
+                   use_cache=not args.no_cache, runs=args.runs)
 
 
 def cmd_verify(args) -> int:
