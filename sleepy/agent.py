@@ -102,11 +102,11 @@ def explain(code: str) -> str:
 
 def task(k: Koan) -> str:
     """What counts as a pass, in the prompt: the appended tests, the file's own tests, or main running to its end."""
-    if k.tests:
-        return f"Your program must pass these tests, which are appended to it:\n```rust\n{k.tests.rstrip()}\n```"
-    if k.required:
+    if k.required:  # k.tests are the solution's: never shown
         return ("Fix the program and its own test module: these tests must still be there, run and pass: "
                 + ", ".join(f"`{name}`" for name in k.required) + ".")
+    if k.tests:
+        return f"Your program must pass these tests, which are appended to it:\n```rust\n{k.tests.rstrip()}\n```"
     return "Your program must compile and run to the end of `main` without panicking."
 
 

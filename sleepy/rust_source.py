@@ -157,7 +157,7 @@ class TestFn:
     name: str
     attributes: tuple[Attribute, ...]  # the attributes on the fn, #[test] among them
     name_start: int  # offset of the name after `fn`
-    expected_panic: str | None  # should_panic: the expected message ("" when none is given); None: must not panic
+    expected_panic: str | None  # should_panic: the expected message as a Rust string literal; None: must not panic
     ignored: bool
 
 
@@ -186,10 +186,15 @@ def test_functions(src: str) -> list[TestFn]:
 
 
 def _expected_panic(attrs: list[Attribute]) -> str | None:
+    """The message a `#[should_panic]` test must panic with, as the Rust string literal it is written as
+    (`""` when the attribute names none); None when the test has no `#[should_panic]`."""
     for a in attrs:
         if a.path == "should_panic":
-            m = re.search(r'expected\s*=\s*"((?:\\.|[^"\\])*)"', a.text)
-            return m.group(1).encode().decode("unicode_escape") if m else ""
+            toks = tokens(a.text)
+            for i, t in enumerate(toks):
+                if t.kind == "string" and i >= 1 and toks[i - 1].text == "=":
+                    return t.text
+            return '""'
     return None
 
 
@@ -261,3 +266,128 @@ def defined_names(src: str) -> set[str]:
 def blank(src: str, start: int, end: int) -> str:
     """src with [start, end) replaced by spaces, newlines kept (so line numbers do not move)."""
     return src[:start] + "".join(c if c == "\n" else " " for c in src[start:end]) + src[end:]
+
+
+ITEM_KINDS = ("fn", "struct", "enum", "union", "trait", "type", "const", "static", "mod")
+
+
+@dataclass(frozen=True)
+class Use:
+    path: tuple[str, ...]  # e.g. ("std", "collections", "HashMap"); ends with "*" for a glob
+    name: str  # the name it binds ("*" for a glob)
+
+
+@dataclass(frozen=True)
+class TopLevel:
+    """What a file defines and imports at its top level: what `use super::*` gives a child module."""
+
+    items: dict  # name -> kind (fn, struct, enum, trait, ...)
+    uses: tuple[Use, ...]
+    traits: dict  # trait name -> frozenset of its method names
+    variants: dict  # enum name -> tuple of its variant names
+
+
+def top_level(src: str) -> TopLevel:
+    """The top-level items, `use` declarations, traits (with their methods) and enums (with their variants)."""
+    toks = tokens(src)
+    items: dict[str, str] = {}
+    uses: list[Use] = []
+    traits: dict[str, frozenset[str]] = {}
+    variants: dict[str, tuple[str, ...]] = {}
+    i = 0
+    while i < len(toks):
+        t = toks[i]
+        if t.text == "#" and (found := attribute_at(src, toks, i)):
+            i = found[1]
+            continue
+        if t.text in ("{", "(", "["):
+            i = matching(toks, i) + 1
+            continue
+        if t.text == "macro_rules" and i + 2 < len(toks) and toks[i + 1].text == "!":
+            items.setdefault(toks[i + 2].text, "macro")
+            i += 3
+            continue
+        if t.text == "use":
+            end = next((j for j in range(i, len(toks)) if toks[j].text == ";"), len(toks))
+            uses += _use_tree([x.text for x in toks[i + 1:end]], ())
+            i = end + 1
+            continue
+        if t.text in ITEM_KINDS and i + 1 < len(toks):
+            j = i + 1
+            if t.text == "static" and toks[j].text == "mut":
+                j += 1
+            name = toks[j]
+            if name.kind == "ident" and not (t.text == "const" and name.text in ("fn", "unsafe", "async", "extern")):
+                items.setdefault(name.text, t.text)
+                body = next((k for k in range(j, len(toks)) if toks[k].text in ("{", ";")), None)
+                if body is not None and toks[body].text == "{" and t.text in ("trait", "enum"):
+                    inner = toks[body + 1:matching(toks, body)]
+                    if t.text == "trait":
+                        traits[name.text] = frozenset(inner[k + 1].text for k in range(len(inner) - 1)
+                                                      if inner[k].text == "fn" and _depth0(inner, k))
+                    else:
+                        variants[name.text] = _variants(inner)
+                if body is not None:
+                    i = matching(toks, body) + 1 if toks[body].text == "{" else body + 1
+                    continue
+        i += 1
+    return TopLevel(items, tuple(uses), traits, variants)
+
+
+def _depth0(toks: list[Token], k: int) -> bool:
+    depth = 0
+    for t in toks[:k]:
+        depth += {"{": 1, "}": -1}.get(t.text, 0) if t.kind == "punct" else 0
+    return depth == 0
+
+
+def _variants(inner: list[Token]) -> tuple[str, ...]:
+    out, depth, expect = [], 0, True
+    for v in inner:
+        if v.text in ("(", "[", "{"):
+            depth += 1
+        elif v.text in (")", "]", "}"):
+            depth -= 1
+        elif depth == 0 and v.text == ",":
+            expect = True
+        elif depth == 0 and expect and v.kind == "ident":
+            out.append(v.text)
+            expect = False
+    return tuple(out)
+
+
+def _use_tree(parts: list[str], prefix: tuple[str, ...]) -> list[Use]:
+    """The bindings of a use tree given as token texts (`a :: b :: { c , d as e , f :: * }`)."""
+    out: list[Use] = []
+    path = list(prefix)
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p == ":":
+            i += 1
+            continue
+        if p == "{":
+            depth, j = 0, i
+            while j < len(parts):
+                depth += {"{": 1, "}": -1}.get(parts[j], 0)
+                if depth == 0:
+                    break
+                j += 1
+            inner, start, depth = parts[i + 1:j], 0, 0
+            for k, q in enumerate([*inner, ","]):
+                depth += {"{": 1, "}": -1}.get(q, 0)
+                if q == "," and depth == 0:
+                    out += _use_tree(inner[start:k], tuple(path))
+                    start = k + 1
+            return out
+        if p == "*":
+            return [*out, Use((*path, "*"), "*")]
+        if p == "as" and i + 1 < len(parts):
+            return [*out, Use(tuple(path), parts[i + 1])]
+        path.append(p)
+        i += 1
+    if path and path[-1] != "self":
+        out.append(Use(tuple(path), path[-1]))
+    elif path:
+        out.append(Use(tuple(path[:-1]), path[-2] if len(path) > 1 else "self"))
+    return out

@@ -7,6 +7,7 @@ and fail the tests), so each attack is the only thing that could turn the verdic
 
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -112,7 +113,7 @@ def test_forged_tokens(sandbox):
              'let _ = o.write_all(format!("\\n@sleepy:{:032x}\\n", i * 0x9e3779b97f4a7c15).as_bytes()); } '
              'std::process::exit(0) }')
     found = verdicts(sandbox, [(k, gutted(k, forge)) for k in SAMPLE])
-    assert [v.reason for v in found] == ["incomplete"] * len(SAMPLE)
+    assert [v.reason for v in found] == ["forged"] * len(SAMPLE)
 
 
 def test_the_program_cannot_read_its_own_binary_for_the_tokens(sandbox):
@@ -184,7 +185,7 @@ def test_run_mode_needs_main_to_return(sandbox):
     assert judged(sandbox, RUN, early).reason == "incomplete"
     err = 'fn main() -> Result<(), String> {\n    Err("no".to_string())\n}\n'
     assert judged(sandbox, RUN, err).reason == "runtime_error"
-    ok = 'fn main() -> Result<(), String> {\n    Ok(())\n}\n'
+    ok = 'fn main() -> Result<(), String> {\n    println!("6");\n    Ok(())\n}\n'
     assert judged(sandbox, RUN, ok).reason == "ok"
 
 
@@ -221,3 +222,111 @@ def test_the_night_never_trains_on_a_target_that_games_the_judge(sandbox):
 
     examples, stats = build_examples([(k, k.title)], [], ["self"], sandbox, set(), backend=Gamer(), self_samples=2)
     assert examples == [] and stats["targets_self"] == 0 and stats["untargeted"] == 1
+
+
+# -- found by a red-team review of the judge ---------------------------------------------------------------
+
+ATTACKS = Path(__file__).parent / "fixtures" / "attacks"
+
+
+def test_tokens_read_out_of_the_programs_own_memory_are_forged(sandbox):
+    """A soundness hole of rustc gives safe code any memory: printing every token-shaped string found in the
+    binary proves nothing, since a token counts only in its own test's report line, and decoys sit beside
+    the real tokens."""
+    k = PACK.get("tm_average_as_float")
+    steal = (ATTACKS / "read_own_memory.rs").read_text()
+    fix = steal + gutted(k).replace("pub fn average(scores: &[u32]) -> f64 {",
+                                    "pub fn average(scores: &[u32]) -> f64 {\n    steal();")
+    v = judged(sandbox, k, fix)
+    assert v.reason == "forged" and not v.passed
+
+
+def test_a_fix_cannot_stand_in_for_std_in_the_tests(sandbox):
+    """`pub mod std { ... }` in the fix would replace the tests' `std::num::ParseIntError`."""
+    k = PACK.get("rh_settings_loader")
+    wrong = k.solution.replace(".parse()?", '.parse().map_err(|_| SettingsError::Missing("threads"))?')
+    assert wrong != k.solution and not judged(sandbox, k, wrong).passed
+    shadow = "\npub mod std { pub mod num { pub use crate::SettingsError as ParseIntError; } }\n"
+    assert not judged(sandbox, k, wrong.replace("use std::", "use ::std::") + shadow).passed
+
+
+def test_a_fix_trait_cannot_take_over_a_std_method_the_tests_call(sandbox):
+    """A by-value trait method is found before an inherent `&self` one: the tests never see the fix's traits."""
+    k = PACK.get("rh_csv_row_sum")
+    wrong = k.solution.replace(".map(|field|", ".filter(|f| !f.trim().is_empty()).map(|field|")
+    assert wrong != k.solution and not judged(sandbox, k, wrong).passed
+    hijack = ("\npub trait RowCheck { fn is_err(self) -> bool; }\n"
+              "impl<E> RowCheck for Result<i64, E> { fn is_err(self) -> bool { true } }\n")
+    assert not judged(sandbox, k, wrong + hijack).passed
+
+
+def test_a_fix_may_not_extend_the_koans_own_traits(sandbox):
+    k = next(k for k in PACK.koans if k.family == "trait_bounds" and "trait " in k.solution and k.split == "train")
+    trait = re.search(r"trait (\w+)[^{]*\{", k.solution)
+    extended = k.solution[:trait.end()] + "\n    fn is_empty(&self) -> bool { true }\n" + k.solution[trait.end():]
+    v = judged(sandbox, k, extended)
+    assert v.reason == "compile_error" and "sleepy::refused" in v.error_codes
+    assert f"adds methods to the koan's trait `{trait.group(1)}`: is_empty" in v.errors[0].message
+
+
+def test_assert_takes_a_bool_not_a_type_whose_not_the_fix_defines(sandbox):
+    koan = replace(SOME, id="is_big", solution="pub fn is_big(x: u32) -> bool {\n    x > 9\n}\n",
+                   tests=wrap_tests("#[test]\nfn big() {\n    assert!(is_big(10));\n    assert!(!is_big(3));\n}\n"))
+    liar = ("pub struct Yes;\nimpl std::ops::Not for Yes { type Output = bool; fn not(self) -> bool { false } }\n"
+            "pub fn is_big(_x: u32) -> Yes { Yes }\n")
+    assert judged(sandbox, koan, koan.solution).passed
+    assert not judged(sandbox, koan, liar).passed
+
+
+def test_a_whole_file_fix_must_also_pass_the_solutions_tests(sandbox):
+    from sleepy.koans import load_pack
+
+    pack = load_pack(Path(__file__).parent / "fixtures" / "rustlings")
+    todo, panic = pack.get("tests_todo"), pack.get("tests_panic")
+    rigged = todo.solution.replace("n / 2", "n * 0").replace("assert_eq!(halve(8), 4)",
+                                                             "assert_eq!(halve(8), halve(8))")
+    assert judged(sandbox, todo, rigged).reason == "test_failure"
+    rigged = panic.solution.replace('.expect("pop from an empty stack")', ".unwrap_or(0)").replace(
+        "        s.pop();\n    }\n}", '        s.pop();\n        panic!("empty stack");\n    }\n}')
+    assert "unwrap_or(0)" in rigged and 'panic!("empty stack")' in rigged
+    assert judged(sandbox, panic, rigged).reason == "test_failure"
+
+
+def test_a_clippy_koan_is_fixed_not_silenced(sandbox):
+    from sleepy.koans import load_pack
+
+    k = load_pack(Path(__file__).parent / "fixtures" / "rustlings").get("clippy1")
+    assert judged(sandbox, k, k.solution).passed
+    for silence in ("#![allow(clippy::approx_constant)]\n", "#![allow(warnings)]\n"):
+        v = judged(sandbox, k, silence + k.code)
+        assert v.reason == "compile_error" and "sleepy::refused" in v.error_codes
+    inline = k.code.replace("    let pi", "    #[allow(clippy::all)]\n    let pi")
+    assert inline != k.code and not judged(sandbox, k, inline).passed
+
+
+def test_run_mode_compares_what_the_program_prints_with_the_solution(sandbox):
+    from sleepy.koans import load_pack
+
+    k = load_pack(Path(__file__).parent / "fixtures" / "rustlings").get("intro2")
+    assert judged(sandbox, k, k.solution).passed
+    v = judged(sandbox, k, "fn main() {}\n")
+    assert v.reason == "test_failure" and "expected output:" in v.output
+
+
+@pytest.mark.parametrize("form", ['#[should_panic = "empty stack"]', '#[should_panic(expected = r"empty stack")]',
+                                  '#[should_panic(expected = "caf\u00e9")]'])
+def test_should_panic_expects_the_message_exactly_as_libtest_does(sandbox, form):
+    solution = 'pub fn pop(v: &mut Vec<i32>) -> i32 {\n    v.pop().expect("pop from an empty stack caf\u00e9")\n}\n'
+    koan = replace(SOME, id="sp", solution=solution, tests=wrap_tests(
+        f"#[test]\n{form}\nfn empty_pop_panics() {{\n    pop(&mut Vec::new());\n}}\n"))
+    assert judged(sandbox, koan, solution).passed
+    other = 'pub fn pop(_v: &mut Vec<i32>) -> i32 {\n    panic!("index out of bounds")\n}\n'
+    assert judged(sandbox, koan, other).reason == "test_failure"
+
+
+@pytest.mark.parametrize("reply", ['pub fn average(s: &[u32]) -> f64 { 0.0 }\nconst S: &str = r#"abc;\n',
+                                   "/* unterminated\npub fn average(s: &[u32]) -> f64 { 0.0 }\n",
+                                   'pub fn average(s: &[u32]) -> f64 { "unterminated }\n'])
+def test_a_reply_cut_off_mid_literal_is_a_compile_error_not_a_crash(sandbox, reply):
+    v = judged(sandbox, PACK.get("tm_average_as_float"), reply)
+    assert v.reason == "compile_error" and v.errors

@@ -62,7 +62,8 @@ def test_verify_cli_on_a_rustlings_checkout():
 def test_an_exercise_whose_todo_is_in_its_tests_is_judged_as_a_whole_file():
     pack = load_pack(FIXTURE)
     todo, panic = pack.get("tests_todo"), pack.get("tests_panic")
-    assert todo.required == ("halves_eight", "halves_zero") and todo.tests == ""
+    assert todo.required == ("halves_eight", "halves_zero")
+    assert "halve(8), 4" in todo.tests  # the solution's tests: judged too, never shown
     assert "mod tests" in todo.code and "todo_value" in todo.code  # the learner edits the whole file
     assert panic.required == ("pops_the_last_item", "empty_pop_panics")
     assert pack.get("vecs1").required == ()  # same test module in exercise and solution: appended as before

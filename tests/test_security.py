@@ -22,7 +22,13 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture()
-def strict(tmp_path):
+def strict(tmp_path, monkeypatch):
+    """A sandbox whose work dirs go to a directory of this test's own (other judges may run beside it)."""
+    import tempfile
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
     return Sandbox(cache_dir=tmp_path / "cache", use_cache=False, limits=LIMITS, jobs=1)
 
 

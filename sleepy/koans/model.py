@@ -31,8 +31,9 @@ class Koan:
     clippy: bool = False  # judged with clippy -D warnings
     check_unsolved: bool = True  # the broken code must fail (rustlings' skip_check_unsolved = false)
     source: str = ""  # the file it was loaded from, for error messages
-    # Whole-file koans (a rustlings exercise whose TODO is inside its tests): `tests` is empty, the fix
-    # keeps its own test module, and these tests of it (the solution's) must all run and pass.
+    # Whole-file koans (a rustlings exercise whose TODO is inside its tests): the fix keeps its own test
+    # module, which must still hold these tests and pass them; `tests` are the solution's, judged too
+    # and never shown in the prompt.
     required: tuple[str, ...] = ()
 
     def content_hash(self) -> str:
@@ -49,7 +50,7 @@ class Koan:
         from sleepy.sandbox import Program
 
         return Program(self.code if code is None else code, self.tests, self.mode, self.clippy, self.required,
-                       own_names(self.solution))
+                       api(self.solution), self.solution if self.mode == "run" else "")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -58,11 +59,11 @@ class Koan:
 
 
 @functools.lru_cache(maxsize=4096)
-def own_names(solution: str) -> frozenset[str]:
-    """The names a koan's solution defines: its tests may use them in place of std's."""
-    from sleepy.rust_source import defined_names
+def api(solution: str):
+    """What a koan's solution gives its tests (its names, traits and std imports): all a fix may give them."""
+    from sleepy.sandbox.harness import Api
 
-    return frozenset(defined_names(solution))
+    return Api.of(solution)
 
 
 def wrap_tests(tests: str) -> str:

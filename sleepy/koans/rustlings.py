@@ -71,7 +71,7 @@ def _koan(ex: dict, name: str, sub: str, exercise_path: Path, solution_path: Pat
     required = tuple(t.name for t in test_functions(solution_tests))
     if not required:
         raise KoanError(f"{relpath(solution_path)}: the solution's test module holds no #[test] function")
-    return Koan(code=exercise, solution=solution, tests="", mode="test", required=required, **common)
+    return Koan(code=exercise, solution=solution, tests=solution_tests, mode="test", required=required, **common)
 
 
 def _same(a: str, b: str) -> bool:

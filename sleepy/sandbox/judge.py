@@ -23,14 +23,15 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sleepy.sandbox import harness, isolation, seccomp, uids
 from sleepy.sandbox.process import Completed, Limits, kill_user_processes, prlimit_prefix, run_limited
-from sleepy.sandbox.verdict import Verdict, parse_diagnostics
+from sleepy.sandbox.verdict import Diagnostic, Verdict, parse_diagnostics
 
 MODES = ("check", "test", "run")
 CACHE_VERSION = "2"
@@ -45,11 +46,12 @@ class Program:
     """A program to judge: the code, the koan's tests judged with it, how to judge it."""
 
     code: str
-    tests: str = ""  # the koan's `#[cfg(test)] mod` (empty in run mode and for whole-file koans)
+    tests: str = ""  # the koan's `#[cfg(test)] mod` (whole-file koans: the solution's); empty in run mode
     mode: str = "test"
     clippy: bool = False
     required: tuple[str, ...] = ()  # whole-file koans: tests of the code's own test module that must pass
-    koan_names: frozenset[str] = field(default_factory=frozenset)  # names the koan's solution defines
+    api: harness.Api | None = None  # what the koan's solution gives its tests (None: no koan)
+    reference: str = ""  # run mode: the solution, whose output the program must print
 
 
 @dataclass
@@ -122,6 +124,8 @@ class Sandbox:
         self.isolation = isolation.detect(isolation_level)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.use_cache = use_cache
+        self._expected: dict[str, str | None] = {}  # run mode: the solutions' output, by program
+        self._lock = threading.Lock()
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(self.jobs):
             self._slots.put(slot)
@@ -156,8 +160,8 @@ class Sandbox:
         _, version, _ = toolchain()
         lim = self.limits
         blob = json.dumps([CACHE_VERSION, version, self.edition, program.mode, program.clippy, program.code,
-                           program.tests, list(program.required), sorted(program.koan_names), lim.compile_s,
-                           lim.compile_memory_mb, lim.file_size_mb, lim.output_kb], sort_keys=True)
+                           program.tests, list(program.required), program.api.key() if program.api else None,
+                           lim.compile_s, lim.compile_memory_mb, lim.file_size_mb, lim.output_kb], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # -- steps ----------------------------------------------------------------------------------
@@ -171,9 +175,10 @@ class Sandbox:
             return Verdict(compiled=False, tests_passed=False, reason=compiled.reason, output=compiled.output, **base)
         if program.mode == "check":
             return Verdict(compiled=True, tests_passed=True, reason="ok", **base)
-        runs = [self._run(program, compiled, workdir, uid) for _ in range(self.runs)]
+        expected = self._expected_output(program) if program.reference else None
+        runs = [self._run(program, compiled, workdir, uid, expected) for _ in range(self.runs)]
         failed = next((r for r in runs if r[0] != "ok"), None)
-        reason, output, run_ms = failed or runs[-1]
+        reason, output, run_ms, _ = failed or runs[-1]
         return Verdict(compiled=True, tests_passed=reason == "ok", reason=reason, output=output, run_ms=run_ms,
                        flaky=len({r[0] == "ok" for r in runs}) > 1, **base)
 
@@ -187,7 +192,17 @@ class Sandbox:
         return result
 
     def _compile(self, program: Program, workdir: str, uid: int | None) -> _Compiled:
-        build = harness.build(program.code, program.tests, program.mode, program.required, program.koan_names)
+        from sleepy.rust_source import RustSourceError
+
+        try:
+            build = harness.build(program.code, program.tests, program.mode, program.required, program.api,
+                                  program.clippy)
+        except RustSourceError as e:  # only a whole-file fix's own test module can be unreadable
+            build = harness.Build({}, "", refused=f"cannot read the program's test module: {e}")
+        if build.refused:
+            refused = Diagnostic("error", f"refused: {build.refused}", "sleepy::refused",
+                                 f"error: refused: {build.refused}")
+            return _Compiled("compile_error", [refused], "", 0.0, {})
         for name, text in build.files.items():
             Path(workdir, name).write_text(text, encoding="utf-8")
         rustc, _, clippy = toolchain()
@@ -221,10 +236,36 @@ class Sandbox:
         diagnostics = [_shown(d, build.root) for d in parse_diagnostics(done.stderr)]
         output = _shown(_non_json(done.stderr), build.root)[-KEPT_OUTPUT:] if reason != "ok" else ""
         binary = Path(workdir, BINARY) if reason == "ok" and program.mode != "check" else None
-        return _Compiled(reason, diagnostics, output, done.wall_ms, build.meta() | {"root": build.root}, binary)
+        return _Compiled(reason, diagnostics, output, done.wall_ms, build.meta(), binary)
 
-    def _run(self, program: Program, compiled: _Compiled, workdir: str, uid: int | None) -> tuple[str, str, float]:
-        """One run of the built program: (reason, output, run ms)."""
+    def _expected_output(self, program: Program) -> str | None:
+        """What the koan's solution prints (run mode), judged once per sandbox; None when it fails or prints
+        something else each time (then only its return is checked)."""
+        reference = Program(program.reference, mode="run", clippy=program.clippy)
+        key = self.cache_key(reference)
+        with self._lock:
+            if key in self._expected:
+                return self._expected[key]
+        outputs = {self._stdout_of(reference) for _ in range(3)}
+        expected = outputs.pop() if len(outputs) == 1 else None
+        with self._lock:
+            self._expected[key] = expected
+        return expected
+
+    def _stdout_of(self, program: Program) -> str | None:
+        with uids.lease() if isolation.is_root() else contextlib.nullcontext() as uid, \
+                tempfile.TemporaryDirectory(prefix="sleepy-judge-") as workdir:
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+            compiled = self._compiled(program, workdir, uid)
+            if compiled.reason != "ok":
+                return None
+            reason, _, _, stdout = self._run(program, compiled, workdir, uid, None)
+            return stdout if reason == "ok" else None
+
+    def _run(self, program: Program, compiled: _Compiled, workdir: str, uid: int | None,
+             expected: str | None) -> tuple[str, str, float, str]:
+        """One run of the built program: (reason, output, run ms, its stdout without tokens)."""
         lim = self.limits
         binary = os.path.join(workdir, BINARY)
         if Path(binary) != compiled.binary:
@@ -232,7 +273,7 @@ class Sandbox:
         os.chmod(binary, 0o111)  # executable, not readable: the program cannot read the tokens out of itself
         argv = [binary]
         if program.mode == "test":
-            argv += ["--test-threads=1", compiled.meta["test_filter"]]
+            argv += ["--test-threads=1", *compiled.meta["filters"]]
         cwd = workdir
         if self.isolation == "bwrap":
             argv[0] = "/tmp/" + BINARY
@@ -257,8 +298,13 @@ class Sandbox:
                 kill_user_processes(uid)
         seen = harness.read_run(compiled.meta, done.stdout)
         reason = _run_reason(done, program.mode, seen)
-        output = _shown(seen.output + done.stderr, compiled.meta.get("root", ""))[-KEPT_OUTPUT:]
-        return reason, output, done.wall_ms
+        output = seen.output + done.stderr
+        if reason == "ok" and expected is not None and seen.output.rstrip() != expected.rstrip():
+            reason = "test_failure"
+            output = f"expected output:\n{expected.rstrip()}\n\nactual output:\n{seen.output.rstrip()}\n{done.stderr}"
+        if reason == "forged":
+            output += "\nsleepy: the output holds @sleepy tokens that no test wrote in its own report line\n"
+        return reason, _shown(output, compiled.meta.get("root", ""))[-KEPT_OUTPUT:], done.wall_ms, seen.output
 
     # -- cache ----------------------------------------------------------------------------------
     def _cache_path(self, key: str) -> Path:
@@ -271,8 +317,8 @@ class Sandbox:
         try:
             d = json.loads(path.read_text())
             binary = None
-            if d["has_binary"]:
-                binary = path.with_suffix(".bin")
+            if d["binary"]:
+                binary = path.parent / d["binary"]
                 if not binary.exists():
                     return None
             return _Compiled(d["reason"], [Diagnostic(**x) for x in d["diagnostics"]], d["output"], d["compile_ms"],
@@ -287,11 +333,13 @@ class Sandbox:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = f".{os.getpid()}.{time.monotonic_ns()}.tmp"
-            if c.binary is not None:
+            binary = None
+            if c.binary is not None:  # named for its build, so a concurrent build's record never points at it
+                binary = f"{path.stem}.{Path(c.meta['root']).stem}.bin"
                 shutil.copyfile(c.binary, path.with_suffix(tmp))
-                os.replace(path.with_suffix(tmp), path.with_suffix(".bin"))
+                os.replace(path.with_suffix(tmp), path.parent / binary)
             record = {"reason": c.reason, "diagnostics": [asdict(x) for x in c.diagnostics], "output": c.output,
-                      "compile_ms": c.compile_ms, "meta": c.meta, "has_binary": c.binary is not None}
+                      "compile_ms": c.compile_ms, "meta": c.meta, "binary": binary}
             path.with_suffix(tmp).write_text(json.dumps(record))
             os.replace(path.with_suffix(tmp), path)
         except OSError:
@@ -321,6 +369,8 @@ def _run_reason(r: Completed, mode: str, seen: harness.Outcome) -> str:
         return "timeout"
     if "memory allocation of" in r.stderr or "memory allocation of" in r.stdout:
         return "memory"
+    if seen.forged:
+        return "forged"
     complete = seen.marker_seen if mode == "run" else not seen.missing
     if r.returncode == 0:
         return "ok" if complete else "incomplete"

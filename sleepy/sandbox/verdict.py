@@ -6,7 +6,8 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
-REASONS = ("ok", "compile_error", "test_failure", "runtime_error", "timeout", "memory", "output_limit", "incomplete")
+REASONS = ("ok", "compile_error", "test_failure", "runtime_error", "timeout", "memory", "output_limit", "incomplete",
+           "forged")
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class Verdict:
     """The judgement of one program: did it compile, did its tests pass, and why not.
 
     reason `incomplete`: the program exited 0 but not every test of the koan was seen to pass (or, in
-    run mode, `main` did not return): it ended early, or forged its report."""
+    run mode, `main` did not return): it ended early. `forged`: it printed tokens no test wrote in its own
+    report line (tokens it found or made up)."""
 
     compiled: bool
     tests_passed: bool
