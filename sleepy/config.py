@@ -29,7 +29,7 @@ class SandboxConfig:
 
 @dataclass
 class ModelConfig:
-    backend: str = "tiny"  # tiny | hf | litellm
+    backend: str = "tiny"  # tiny | hf | litellm | llamacpp
     name: str = "tiny"  # recorded with every episode; the served model's name for litellm
     provider: str | None = None  # litellm: openai | ollama | vllm
     path: str | None = None  # hf: a local directory or a hub id (offline: must be in the local cache)
@@ -41,7 +41,11 @@ class ModelConfig:
     cache_dir: str | None = None  # litellm: replay identical requests from this directory
     batch_size: int = 8  # hf/tiny: prompts per generate call
     device: str = "auto"  # hf/tiny: auto | cpu | cuda
-    dtype: str = "auto"  # hf/tiny: auto | float32 | bfloat16 | float16
+    dtype: str = "auto"  # hf/tiny: auto | float32 | bfloat16 | float16; llamacpp: the night's dequantized weights
+    gguf: str | None = None  # llamacpp: a GGUF file, or a model fetched by `sleepy-models get NAME` (its name)
+    threads: int = 1  # llamacpp: generation threads (more than the free cores thrash llama.cpp's spin barriers)
+    threads_batch: int | None = None  # llamacpp: prompt-processing threads; None: threads
+    n_ctx: int = 8192  # llamacpp: context size in tokens (prompt + reply)
 
 
 @dataclass
@@ -133,7 +137,7 @@ CHOICES = {
     "stage": STAGES,
     "koans.split": (None, "train", "eval"),
     "sandbox.isolation": ("auto", "bwrap", "netns", "none"),
-    "model.backend": ("tiny", "hf", "litellm"),
+    "model.backend": ("tiny", "hf", "litellm", "llamacpp"),
     "model.provider": (None, "openai", "ollama", "vllm"),
     "agent.prompt": ("plain", "explain", "memory"),
     "lora.mode": ("new", "continue"),
