@@ -318,3 +318,17 @@ def test_sigterm_stops_the_server_with_the_job(tmp_path, tiny_gguf):
     proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert servers_under(tmp_path) == []
+
+
+@pytest.mark.slow
+@needs_llama
+def test_the_server_dies_with_a_sleepy_killed_by_sigkill(tmp_path, tiny_gguf):
+    code = ("import os, signal; from sleepy.models.llamacpp import LlamaCppBackend; "
+            f"b = LlamaCppBackend('tiny-gguf', {str(tiny_gguf)!r}, log_dir={str(tmp_path)!r}); "
+            "print(b.server.proc.pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL and r.stdout.strip().isdigit(), r.stderr[-2000:]
+    deadline = time.monotonic() + 10
+    while servers_under(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert servers_under(tmp_path) == []

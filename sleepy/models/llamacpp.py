@@ -31,7 +31,7 @@ from sleepy.models.base import Generation, Messages, ModelLoadError, SamplingPar
 from sleepy.models.litellm_backend import LiteLLMBackend
 
 START_TIMEOUT_S = 300.0
-STOP_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0  # SIGTERM lets the server finish its request first: minutes at a few tokens/s
 
 
 def resolve_gguf(value: str) -> Path:
@@ -70,11 +70,12 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGTERM when sleepy dies, even by SIGKILL, so no server outlives its job (Linux)."""
+    """In the child: SIGKILL when sleepy dies (even by SIGKILL), so no server outlives its job (Linux); not SIGTERM,
+    which the server would answer by finishing its request first."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
@@ -210,7 +211,9 @@ class LlamaCppBackend(LiteLLMBackend):
 
     # -- the server -----------------------------------------------------------------------------
     def _settings(self, alias: str, lora: Path | None) -> dict:
-        settings = {"model": str(self.gguf.path), "model_alias": alias, "n_ctx": self.n_ctx,
+        # logits_all (the server's default) keeps logits for every prompt token: n_ctx x vocab floats (5 GB for
+        # Qwen2.5 at 8192) and an output layer over the whole prompt; sleepy reads only the sampled tokens
+        settings = {"model": str(self.gguf.path), "model_alias": alias, "n_ctx": self.n_ctx, "logits_all": False,
                     "n_threads": self.threads, "n_threads_batch": self.threads_batch, "verbose": True}
         if lora is not None:
             settings["lora_path"] = str(lora)
