@@ -209,36 +209,6 @@ def split_module(src: str, name: str | None = None) -> tuple[str, str]:
     return src[:start].rstrip() + "\n" + src[end:].lstrip("\n"), src[start:end] + "\n"
 
 
-def defined_names(src: str) -> set[str]:
-    """Names src defines or imports at any depth (items, `use ... as X`, `use a::X`), approximately."""
-    toks = tokens(src)
-    names = set()
-    for i, t in enumerate(toks[:-1]):
-        nxt = toks[i + 1]
-        if t.kind == "ident" and t.text in ("struct", "enum", "union", "trait", "type", "fn", "const", "static",
-                                            "mod", "as") and nxt.kind == "ident":
-            names.add(nxt.text)
-        elif t.text == "macro_rules" and nxt.text == "!" and i + 2 < len(toks):
-            names.add(toks[i + 2].text)
-        if t.text == "enum" and nxt.kind == "ident":  # variants, which `use Enum::*` brings in by name
-            body = next((j for j in range(i + 2, len(toks)) if toks[j].text in ("{", ";")), None)
-            if body is not None and toks[body].text == "{":
-                depth, expect = 0, True
-                for v in toks[body + 1:matching(toks, body)]:
-                    if v.text in ("(", "[", "{"):
-                        depth += 1
-                    elif v.text in (")", "]", "}"):
-                        depth -= 1
-                    elif depth == 0 and v.text == ",":
-                        expect = True
-                    elif depth == 0 and expect and v.kind == "ident":
-                        names.add(v.text)
-                        expect = False
-    for m in re.finditer(r"\buse\s+([^;]*);", " ".join(t.text for t in toks)):
-        names.update(re.findall(r"\b([A-Za-z_]\w*)\s*(?=[,}]|$)", m.group(1)))
-    return names
-
-
 def blank(src: str, start: int, end: int) -> str:
     """src with [start, end) replaced by spaces, newlines kept (so line numbers do not move)."""
     return src[:start] + "".join(c if c == "\n" else " " for c in src[start:end]) + src[end:]
