@@ -41,10 +41,10 @@ def run(cfg) -> float | None:
 
 def select_koans(cfg):
     """The koans the `koans` group selects (verify; day and eval pick their split in Job.koans)."""
-    from sleepy.koans import load_pack
+    from sleepy.koans.registry import load_configured
 
     k = cfg.koans
-    return load_pack(k.pack).select(family=k.families, split=k.split, count=k.count)
+    return load_configured(k, make_sandbox(cfg)).select(family=k.families, split=k.split, count=k.count)
 
 
 def make_sandbox(cfg):
@@ -137,11 +137,11 @@ class Job:
 
         from sleepy.config import AgentConfig
         from sleepy.episodes import EpisodeStore
-        from sleepy.koans import load_pack
+        from sleepy.koans.registry import load_configured
         from sleepy.tracking import Tracker, flatten
 
         cfg = self.cfg
-        self.pack = load_pack(cfg.koans.pack)
+        self.pack = load_configured(cfg.koans, make_sandbox(cfg))
         self.settings = AgentConfig(**OmegaConf.to_container(cfg.agent))
         self.tracker = Tracker(cfg.tracking.uri, cfg.experiment_name, cfg.tracking.artifact_root)
         self.run_id = self.tracker.start(cfg.run_id, run_name=_run_name(cfg))
