@@ -1,7 +1,8 @@
-"""Which packs a run uses: each a name (builtin, rustc_errors) or a path, one or several at once.
+"""Which packs a run uses: each a name (builtin, rustc_errors, forged) or a path, one or several at once.
 
-`builtin` is the repository's pack; `rustc_errors` the toolchain's error-code pack, made on first use
-and cached. Anything else is a path: a TOML pack directory or a rustlings checkout.
+`builtin` is the repository's pack; `rustc_errors` the toolchain's error-code pack and `forged` the
+forge's mutants of the builtin koans (seed 0), both made on first use and cached. Anything else is a
+path: a TOML pack directory or a rustlings checkout.
 
 Packs that come without a split of their own (a rustlings checkout, the error-code pack) are external:
 every koan of theirs is held out for eval unless `external_split` says train. An exercise that passes
@@ -16,7 +17,7 @@ from dataclasses import replace
 from sleepy.koans.model import KoanError
 from sleepy.koans.pack import Pack, load_pack
 
-NAMED = ("builtin", "rustc_errors")
+NAMED = ("builtin", "rustc_errors", "forged")
 EXTERNAL_SPLITS = ("eval", "train")
 
 
@@ -32,6 +33,10 @@ def load_one(spec: str | None, sandbox=None, external_split: str = "eval", check
         from sleepy.koans import error_codes
 
         pack = error_codes.load(sandbox)
+    elif spec == "forged":
+        from sleepy.koans import forge
+
+        pack = forge.load_default(sandbox)
     else:
         pack = load_pack(spec, check_lock)
     pack.koans = [k if k.pack else replace(k, pack=pack.name) for k in pack.koans]
