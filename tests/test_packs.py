@@ -57,6 +57,17 @@ def test_the_leak_check_finds_what_the_pairwise_definition_finds(builtin):
     assert [(e, t) for e, t, _ in find_leaks(koans)] == brute and len(brute) == 2
 
 
+def test_a_tiny_program_that_shares_a_generic_shape_is_no_leak_but_its_copy_is(builtin):
+    from dataclasses import replace
+
+    tiny = "struct Foo {\n    x: i32,\n}\n\nfn main() {\n    let x = Foo { x: 0 };\n}\n"
+    train = replace(builtin.koans[0], split="train", code=builtin.koans[0].code + "\nfn make() { let p = Point { x: 0 }; }\n")
+    generic = replace(train, id="tiny", split="eval", code=tiny, solution=tiny)
+    assert shape_similarity(tiny, train.code) >= 0.3 and find_leaks([train, generic]) == []
+    copy = replace(train, id="tiny_train", code=tiny, solution=tiny)
+    assert [(e, t) for e, t, _ in find_leaks([copy, generic])] == [("tiny", "tiny_train")]
+
+
 def test_several_packs_load_as_one_and_each_koan_knows_its_pack(builtin):
     both = load_packs(["builtin", str(RUSTLINGS)])
     assert len(both.koans) == len(builtin.koans) + 5

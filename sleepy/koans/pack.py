@@ -212,9 +212,14 @@ def _test_module(tests: str) -> str:
     return tests if "#[cfg(test)]" in tests else wrap_tests(tests)
 
 
+MIN_SHARED = 16  # 8-grams of shape (about two lines of code): what two tiny programs share by chance is no leak
+
+
 def find_leaks(koans: list[Koan], threshold: float = 0.5) -> list[tuple[str, str, float]]:
     """Eval koans whose broken program (or solution) shares a large part of its shape with a train koan's:
-    the share of the smaller program's token 8-grams that the other has too (see `shape_similarity`)."""
+    the share of the smaller program's token 8-grams that the other has too (see `shape_similarity`), and at
+    least MIN_SHARED of them (a ten-line example from the error-code docs shares half its few 8-grams with
+    many a program: `fn x ( ) { let x = x {`)."""
     train = [k for k in koans if k.split == "train"]
     grams = {name: [shape_grams(getattr(t, name)) for t in train] for name in ("code", "solution")}
     index = {name: _index(g) for name, g in grams.items()}
@@ -230,9 +235,9 @@ def find_leaks(koans: list[Koan], threshold: float = 0.5) -> list[tuple[str, str
             shared[name] = counts
         for i, t in enumerate(train):
             for name in ("code", "solution"):
-                smaller = min(len(own[name]), len(grams[name][i]))
-                s = shared[name].get(i, 0) / smaller if smaller else 0.0
-                if s >= threshold:
+                smaller, common = min(len(own[name]), len(grams[name][i])), shared[name].get(i, 0)
+                s = common / smaller if smaller else 0.0
+                if s >= threshold and common >= min(MIN_SHARED, smaller):
                     leaks.append((e.id, t.id, round(s, 3)))
                     break
     return leaks
