@@ -84,6 +84,22 @@ def test_an_external_pack_is_held_out_without_the_exercises_that_pass_unsolved()
     assert {k.split for k in trained.koans} == {"train"} and len(trained.koans) == 6
 
 
+def test_an_external_eval_koan_like_a_train_koan_is_left_out_of_the_eval_set(tmp_path, builtin):
+    shutil.copytree(RUSTLINGS, tmp_path / "rustlings")
+    train = next(k for k in builtin.koans if k.split == "train")
+    for part, text in (("exercises", train.code), ("solutions", train.solution)):
+        (tmp_path / "rustlings" / part / "05_vecs" / "copied.rs").write_text(text + "\n" + train.tests)
+    info = tmp_path / "rustlings" / "info.toml"
+    info.write_text(info.read_text() + '\n[[exercises]]\nname = "copied"\ndir = "05_vecs"\nhint = ""\n')
+    alone = load_packs([str(tmp_path / "rustlings")])
+    assert "copied" in {k.id for k in alone.koans}
+    both = load_packs(["builtin", str(tmp_path / "rustlings")])
+    assert "copied" not in {k.id for k in both.koans} and "vecs1" in {k.id for k in both.koans}
+    assert f"rustlings: left out of the eval set, shares its shape with a train koan: copied (like {train.id})" \
+        in both.notes
+    assert find_leaks(both.koans) == []
+
+
 def test_koan_ids_must_be_unique_across_packs(tmp_path):
     shutil.copytree(ROOT / "koans", tmp_path / "again")
     with pytest.raises(KoanError, match=r"koan id '\w+' is in two packs: builtin and builtin"):

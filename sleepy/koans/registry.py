@@ -7,7 +7,10 @@ path: a TOML pack directory or a rustlings checkout.
 Packs that come without a split of their own (a rustlings checkout, the error-code pack) are external:
 every koan of theirs is held out for eval unless `external_split` says train. An exercise that passes
 unsolved (rustlings' `skip_check_unsolved`) says nothing as an eval koan and is left out of the eval set.
-Several packs load as one: koan ids must be unique across them, and each koan knows its pack.
+Several packs load as one: koan ids must be unique across them, and each koan knows its pack. An external
+eval koan whose program shares its shape with a train koan of another pack (`find_leaks`) is left out of
+the eval set, as it would not be held out: rustlings' `lifetimes1` is the builtin train koan
+`lt_menu_display_label` in small.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def hold_out(pack: Pack, split: str) -> None:
     if passing:
         pack.notes.append(f"{pack.name}: left out of the eval set, passes unsolved: {', '.join(passing)}")
     pack.koans = [replace(k, split=split) for k in pack.koans if k.id not in passing]
+    pack.meta["held_out"] = split == "eval"
 
 
 def load_packs(specs: list[str | None], sandbox=None, external_split: str = "eval") -> Pack:
@@ -69,8 +73,21 @@ def load_packs(specs: list[str | None], sandbox=None, external_split: str = "eva
     for p in packs:
         for f, d in p.families.items():
             families.setdefault(f, d)
-    return Pack("+".join(p.name for p in packs), packs[0].root, [k for p in packs for k in p.koans], families,
-                {"packs": [p.name for p in packs]}, [n for p in packs for n in p.notes])
+    koans, notes = [k for p in packs for k in p.koans], [n for p in packs for n in p.notes]
+    held_out = {p.name for p in packs if p.meta.get("held_out")}
+    if held_out and any(k.split == "train" for k in koans):
+        from sleepy.koans.pack import find_leaks
+
+        leaked: dict[str, str] = {}
+        for e, t, _ in find_leaks(koans):
+            if owner[e] in held_out:
+                leaked.setdefault(e, t)
+        for name in sorted({owner[e] for e in leaked}):
+            shown = ", ".join(f"{e} (like {t})" for e, t in leaked.items() if owner[e] == name)
+            notes.append(f"{name}: left out of the eval set, shares its shape with a train koan: {shown}")
+        koans = [k for k in koans if k.id not in leaked]
+    return Pack("+".join(p.name for p in packs), packs[0].root, koans, families, {"packs": [p.name for p in packs]},
+                notes)
 
 
 def load_configured(koans_cfg, sandbox=None) -> Pack:
