@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 
 from sleepy.koans.families import NEW_CODES_FROM, is_new
+from sleepy.koans.model import CHECK_MODE, check_mode
 
 PREFIX = "subset"
-CHECK_MODE = "check mode: compiles, no tests"
 
 
 def groups(koans) -> dict[str, list]:
@@ -33,10 +33,6 @@ def groups(koans) -> dict[str, list]:
             subsets[f"from_{NEW_CODES_FROM}"] = [k for k in mine if any(is_new(c) for c in k.expected_errors)]
         out.update({f"{pack}/{name}": ks for name, ks in subsets.items() if ks and len(ks) < len(mine)})
     return out
-
-
-def check_mode(koans) -> bool:
-    return bool(koans) and all(k.mode == "check" for k in koans)
 
 
 def label(name: str, check: bool) -> str:

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sleepy.koans.families import FAMILIES, OTHER, family_of, is_new
-from sleepy.koans.model import Koan, KoanError
+from sleepy.koans.model import CHECK_MODE, Koan, KoanError
 
 NAME = "rustc_errors"
 GENERATOR = "1"  # bump when the way koans are made changes: a new cache directory, a new pack
-CHECK_MODE_NOTE = "check mode: compiles with no error; no tests"
 _BLOCK = re.compile(r'<pre[^>]*><code class="([^"]*)">(.*?)</code></pre>', re.S)
 _TAG = re.compile(r"<[^>]+>")
 _RETIRED = "no longer emitted"
@@ -204,5 +203,5 @@ def make(out: Path, sandbox, docs: Path | None = None, codes: list[str] | None =
     meta = {"external": True, "mode": "check", "rustc": toolchain_line(), "edition": sandbox.edition, "source": source,
             **stats}
     write_pack(out, NAME, used, koans, meta, note=f"made by sleepy from the {source} of {toolchain_line()}, "
-                                                   f"edition {sandbox.edition}; {CHECK_MODE_NOTE}")
+                                                   f"edition {sandbox.edition}; {CHECK_MODE}")
     return stats

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 SPLITS = ("train", "eval")
+CHECK_MODE = "check mode: compiles, no tests"  # what a pass of a check-mode koan means, wherever one is shown
 
 
 class KoanError(Exception):
@@ -61,6 +62,12 @@ class Koan:
         d = asdict(self)
         d["expected_errors"] = list(self.expected_errors)
         return d
+
+
+def check_mode(koans) -> bool:
+    """The koans are judged in check mode (compiled only: no tests), all of them."""
+    koans = list(koans)
+    return bool(koans) and all(k.mode == "check" for k in koans)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -126,39 +126,35 @@ class Code:
             if self.at(i) == "." and self.at(i + 1) in names and self.at(i + 2) == "(" and i + 2 in self.close:
                 yield i, self.close[i + 2]
 
-    def angle_close(self, i: int) -> int | None:
-        """Index of the `>` closing the `<` at i (arrows inside it skipped)."""
-        depth = 0
-        for j in range(i, len(self.toks)):
+    def level(self, start: int, end: int | None = None, skip: str = "([{"):
+        """(index, depth in angle brackets) of the tokens from start, each bracket group opening with one of `skip`
+        passed over whole (its opening token given)."""
+        depth, j, end = 0, start, len(self.toks) if end is None else end
+        while j < end:
             t = self.at(j)
             if t == "<":
                 depth += 1
             elif t == ">" and not self.arrow(j):
                 depth -= 1
-                if depth == 0:
-                    return j
-            elif t in ("{", ";"):
+            yield j, depth
+            j = self.close[j] + 1 if t in skip and j in self.close else j + 1
+
+    def angle_close(self, i: int) -> int | None:
+        """Index of the `>` closing the `<` at i (arrows inside it skipped)."""
+        for j, depth in self.level(i, skip="(["):
+            if self.at(j) in ("{", ";"):
                 return None
-            elif t in ("(", "[") and j in self.close:
-                continue
+            if depth == 0 and self.at(j) == ">":
+                return j
         return None
 
     def split(self, start: int, end: int, sep: str) -> list[tuple[int, int]]:
         """Index ranges [a, b) between `sep` tokens at depth 0 (brackets and angles) in [start, end)."""
-        parts, a, depth, j = [], start, 0, start
-        while j < end:
-            t = self.at(j)
-            if t in ("(", "[", "{") and j in self.close:
-                j = self.close[j] + 1
-                continue
-            if t == "<":
-                depth += 1
-            elif t == ">" and not self.arrow(j):
-                depth -= 1
-            elif t == sep and depth == 0:
+        parts, a = [], start
+        for j, depth in self.level(start, end):
+            if depth == 0 and self.at(j) == sep:
                 parts.append((a, j))
                 a = j + 1
-            j += 1
         if a < end:
             parts.append((a, end))
         return parts
@@ -180,15 +176,16 @@ class Code:
 
     def body(self, i: int) -> int | None:
         """Index of the `{` of the item starting at i (its body), None for an item without one."""
-        j = i
-        while j < len(self.toks):
-            t = self.at(j)
-            if t == "{":
-                return j
-            if t == ";":
-                return None
-            j = self.close[j] + 1 if t in ("(", "[") and j in self.close else j + 1
+        for j, _ in self.level(i, skip="(["):
+            if self.at(j) in ("{", ";"):
+                return j if self.at(j) == "{" else None
         return None
+
+    def items(self, keyword: str) -> Iterator[tuple[int, int]]:
+        """(keyword index, body `{` index) of every `keyword Name ... { ... }` (a fn, a struct with named fields)."""
+        for i, t in enumerate(self.toks[:-1]):
+            if t.text == keyword and self.toks[i + 1].kind == "ident" and (body := self.body(i)) is not None:
+                yield i, body
 
     def statements(self, open_: int) -> list[tuple[int, int, bool]]:
         """(first, last, ends with `;`) of each statement of the block opening at open_."""
@@ -369,12 +366,9 @@ def _lifetime_uses(code: Code, name: str, start: int, end: int) -> set[int]:
 
 @mutation("lifetimes", "return a reference to a local or a temporary: `-> T` becomes `-> &T`, the result is borrowed")
 def return_local_ref(code: Code):
-    for i, t in enumerate(code.toks):
-        if t.text != "fn" or code.toks[i + 1].kind != "ident":
-            continue
-        body = code.body(i)
-        arrow = next((j for j in range(i, body or i) if code.at(j) == "-" and code.arrow(j + 1)), None)
-        if body is None or arrow is None or code.at(arrow + 2) in ("&", "impl", "dyn", "!"):
+    for i, body in code.items("fn"):
+        arrow = next((j for j in range(i, body) if code.at(j) == "-" and code.arrow(j + 1)), None)
+        if arrow is None or code.at(arrow + 2) in ("&", "impl", "dyn", "!"):
             continue
         stmts = code.statements(body)
         first, last = (stmts[-1][1] + 1 if stmts else body + 1), code.close[body] - 1
@@ -390,12 +384,7 @@ def return_local_ref(code: Code):
 
 @mutation("lifetimes", "a struct field borrows what it owned: `String` becomes `&str`, `Vec<T>` becomes `&[T]`")
 def borrowed_field(code: Code):
-    for i, t in enumerate(code.toks):
-        if t.text != "struct" or code.toks[i + 1].kind != "ident":
-            continue
-        body = code.body(i)
-        if body is None:
-            continue
+    for _, body in code.items("struct"):
         for a, b in code.split(body + 1, code.close[body], ","):
             colon = next((k for k in range(a, b) if code.at(k) == ":"), None)
             if colon is None:
@@ -460,24 +449,12 @@ def _bound_lists(code: Code) -> Iterator[tuple[int, int, int]]:
             yield i, i + 1, _type_end(code, i + 1)
 
 
-def _type_end(code: Code, j: int) -> int:
-    """Index after the type (or bound list) starting at j: at the first `,`, `)`, `{`, `;`, `=` or unmatched `>`."""
-    depth = 0
-    while j < len(code):
-        t = code.at(j)
-        if t in ("(", "[") and j in code.close:
-            j = code.close[j] + 1
-            continue
-        if t == "<":
-            depth += 1
-        elif t == ">" and not code.arrow(j):
-            depth -= 1
-            if depth < 0:
-                return j
-        elif t in (",", ")", "]", "{", ";", "=", "where") and depth == 0:
+def _type_end(code: Code, start: int) -> int:
+    """Index after the type (or bound list) starting at start: at the first `,`, `)`, `{`, `;`, `=` or unmatched `>`."""
+    for j, depth in code.level(start, skip="(["):
+        if depth < 0 or (depth == 0 and code.at(j) in (",", ")", "]", "{", ";", "=", "where")):
             return j
-        j += 1
-    return j
+    return len(code)
 
 
 def _is_impl_item(code: Code, i: int) -> bool:
