@@ -135,7 +135,9 @@ def cmd_show(args) -> int:
         print(f"expected errors: {', '.join(k.expected_errors)}")
     if k.hint:
         print(f"hint: {k.hint}")
-    print(f"\n## code\n{k.code.rstrip()}\n\n## tests\n{k.tests.rstrip()}")
+    print(f"\n## code\n{k.code.rstrip()}")
+    if k.tests:
+        print(f"\n## tests\n{k.tests.rstrip()}")
     if args.solution:
         print(f"\n## solution\n{k.solution.rstrip()}")
     return 0
