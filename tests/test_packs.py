@@ -106,6 +106,12 @@ def test_koan_ids_must_be_unique_across_packs(tmp_path):
         load_packs(["builtin", str(tmp_path / "again")])
 
 
+def test_a_pack_that_is_neither_a_name_nor_a_directory_names_the_valid_names():
+    rc, _, err = run_cli("-m", "sleepy.koans", "list", "--pack", "forgd")
+    assert rc == 2 and "koan pack 'forgd': neither a pack name (builtin, rustc_errors, forged) nor a directory" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_pack_and_packs_together_are_refused():
     from omegaconf import OmegaConf
 

@@ -16,6 +16,7 @@ the eval set, as it would not be held out: rustlings' `lifetimes1` is the builti
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from sleepy.koans.model import KoanError
 from sleepy.koans.pack import Pack, load_pack
@@ -40,6 +41,9 @@ def load_one(spec: str | None, sandbox=None, external_split: str = "eval", check
         from sleepy.koans import forge
 
         pack = forge.load_default(sandbox)
+    elif "/" not in spec and not Path(spec).is_dir():  # a mistyped name; a path is judged by load_pack
+        raise KoanError(f"koan pack '{spec}': neither a pack name ({', '.join(NAMED)}) nor a directory "
+                        "(a TOML pack or a rustlings checkout)")
     else:
         pack = load_pack(spec, check_lock)
     pack.koans = [k if k.pack else replace(k, pack=pack.name) for k in pack.koans]
