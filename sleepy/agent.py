@@ -105,6 +105,8 @@ def task(k: Koan) -> str:
     if k.required:  # k.tests are the solution's: never shown
         return ("Fix the program and its own test module: these tests must still be there, run and pass: "
                 + ", ".join(f"`{name}`" for name in k.required) + ".")
+    if k.mode == "check":
+        return "Your program must compile with no error (it is compiled only: not run, no tests)."
     if k.tests:
         return f"Your program must pass these tests, which are appended to it:\n```rust\n{k.tests.rstrip()}\n```"
     return "Your program must compile and run to the end of `main` without panicking."

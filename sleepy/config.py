@@ -11,7 +11,9 @@ STAGES = ("verify", "day", "eval", "cycle")
 
 @dataclass
 class KoansConfig:
-    pack: str | None = None  # None: the builtin pack; else a TOML pack or a rustlings checkout
+    pack: str | None = None  # None: builtin; a name (builtin, rustc_errors, forged) or a TOML pack / rustlings checkout
+    packs: list[str] | None = None  # several packs at once (names or paths), instead of `pack`
+    external_split: str = "eval"  # the split of packs without their own (rustlings, rustc_errors): held out by default
     families: list[str] | None = None  # None: every family of the pack
     split: str | None = None  # train | eval | None (both)
     count: int | None = None  # at most this many koans per family
@@ -136,6 +138,7 @@ class Config:
 CHOICES = {
     "stage": STAGES,
     "koans.split": (None, "train", "eval"),
+    "koans.external_split": ("eval", "train"),
     "sandbox.isolation": ("auto", "bwrap", "netns", "none"),
     "model.backend": ("tiny", "hf", "litellm", "llamacpp"),
     "model.provider": (None, "openai", "ollama", "vllm"),

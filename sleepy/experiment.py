@@ -41,10 +41,10 @@ def run(cfg) -> float | None:
 
 def select_koans(cfg):
     """The koans the `koans` group selects (verify; day and eval pick their split in Job.koans)."""
-    from sleepy.koans import load_pack
+    from sleepy.koans.registry import load_configured
 
     k = cfg.koans
-    return load_pack(k.pack).select(family=k.families, split=k.split, count=k.count)
+    return load_configured(k, make_sandbox(cfg)).select(family=k.families, split=k.split, count=k.count)
 
 
 def make_sandbox(cfg):
@@ -137,11 +137,11 @@ class Job:
 
         from sleepy.config import AgentConfig
         from sleepy.episodes import EpisodeStore
-        from sleepy.koans import load_pack
+        from sleepy.koans.registry import load_configured
         from sleepy.tracking import Tracker, flatten
 
         cfg = self.cfg
-        self.pack = load_pack(cfg.koans.pack)
+        self.pack = load_configured(cfg.koans, make_sandbox(cfg))
         self.settings = AgentConfig(**OmegaConf.to_container(cfg.agent))
         self.tracker = Tracker(cfg.tracking.uri, cfg.experiment_name, cfg.tracking.artifact_root)
         self.run_id = self.tracker.start(cfg.run_id, run_name=_run_name(cfg))
@@ -202,11 +202,25 @@ class Job:
         if self.settings.prompt == "memory" or stage == "day":
             self.store.index_diagnostics()
         metrics, table = stage_metrics(self.store, self.run_id, self.cfg.experiment_name, stage, cycle, self.settings)
+        subsets = []
+        if stage == "eval":  # per pack and subset: n and the minimum detectable effect against cycle 0
+            from sleepy.subsets import report
+
+            k = self.cfg.koans
+            koans = self.koans(stage) + self.pack.select(family=k.families, split="train", count=k.count)
+            subset_metrics, subsets = report(self.store.frame(run_id=self.run_id, stage=stage, cycle=cycle),
+                                             _earlier(self.store, self.run_id, self.cfg.experiment_name, stage, 0),
+                                             koans, cycle, self.settings.max_attempts)
+            metrics.update(subset_metrics)
         self.tracker.log_metrics(metrics, step=cycle)
         self.tracker.set_tags({f"episodes.version.{stage}.{cycle}": str(self.store.version()),
                                "isolation": self.sandbox.isolation})
         _log_artifacts(self.tracker, self.store, self.run_id, stage, cycle)
         print_summary(table, stage, cycle, self.run_id, skipped=len(done), adapter=adapter)
+        if subsets:
+            from sleepy.subsets import print_rows
+
+            print_rows(subsets, f"{stage} cycle {cycle} by pack and subset")
         return metrics
 
     # -- night ----------------------------------------------------------------------------------
@@ -515,13 +529,14 @@ def print_cycles(rows: list[dict], run_id: str, uri: str, experiment: str) -> No
 
     t = Table(title=f"experiment {experiment}, run {run_id}")
     for col in ("cycle", "day pass", "night examples", "eval pass (95% CI)", "median steps", "repeat errors",
-                "regressions", "McNemar p vs 0"):
+                "regressions", "McNemar p vs 0", "MDE vs 0"):
         t.add_column(col, justify="right")
     for c, r in enumerate(rows):
         t.add_row(str(c), _pct(r.get("day/pass_rate", float("nan"))), num(r.get("night/examples")),
                   f"{_pct(r['eval/pass_rate'])} [{_pct(r['eval/pass_rate_lo'])}, {_pct(r['eval/pass_rate_hi'])}]",
                   num(r["eval/median_steps"], "{:.1f}"), _pct(r["eval/repeat_error_rate"]),
-                  num(r["eval/regressions"]), num(r["eval/mcnemar_p"], "{:.3f}"))
+                  num(r["eval/regressions"]), num(r["eval/mcnemar_p"], "{:.3f}"),
+                  "-" if c == 0 else num(100 * r.get("eval/mde", float("nan")), "{:.1f} pts"))
     console = Console(width=max(Console().width, 120))
     console.print(t)
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"

@@ -53,10 +53,13 @@ def test_strict_clippy_exercise_is_judged_with_clippy(sandbox):
 
 
 def test_verify_cli_on_a_rustlings_checkout():
-    rc, out, err = run_cli("-m", "sleepy.koans", "verify", "--pack", str(FIXTURE), "--json")
+    rc, out, err = run_cli("-m", "sleepy.koans", "verify", "--pack", str(FIXTURE), "--external-split", "train", "--json")
     assert rc == 0, err
     assert json.loads(out) | {"isolation": None} == {"koans": 6, "verified": 6, "failed": [], "skipped": [],
                                                       "isolation": None}
+    rc, out, err = run_cli("-m", "sleepy.koans", "verify", "--pack", str(FIXTURE), "--json")  # held out: eval
+    assert rc == 0, err
+    assert json.loads(out)["verified"] == 5 and "left out of the eval set, passes unsolved: intro1" in err
 
 
 def test_an_exercise_whose_todo_is_in_its_tests_is_judged_as_a_whole_file():

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 SPLITS = ("train", "eval")
+CHECK_MODE = "check mode: compiles, no tests"  # what a pass of a check-mode koan means, wherever one is shown
 
 
 class KoanError(Exception):
@@ -35,13 +36,18 @@ class Koan:
     # module, which must still hold these tests and pass them; `tests` are the solution's, judged too
     # and never shown in the prompt.
     required: tuple[str, ...] = ()
+    origin: str = ""  # a forged koan: the id of the koan whose solution was mutated
+    mutation: str = ""  # a forged koan: the mutation that broke it
+    pack: str = ""  # the name of the pack it was loaded from, for per-pack results
 
     def content_hash(self) -> str:
         """sha256 of everything that defines the koan (not where it was loaded from)."""
         fields = asdict(self)
         fields.pop("source")
-        if not fields["required"]:  # absent from koans written before it existed: their hashes stay
-            fields.pop("required")
+        fields.pop("pack")
+        for key in ("required", "origin", "mutation"):  # absent from koans written before they existed:
+            if not fields[key]:  # their hashes stay
+                fields.pop(key)
         blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -56,6 +62,12 @@ class Koan:
         d = asdict(self)
         d["expected_errors"] = list(self.expected_errors)
         return d
+
+
+def check_mode(koans) -> bool:
+    """The koans are judged in check mode (compiled only: no tests), all of them."""
+    koans = list(koans)
+    return bool(koans) and all(k.mode == "check" for k in koans)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -98,14 +110,17 @@ def shape_tokens(code: str) -> list[str]:
 
 def shape_similarity(a: str, b: str, n: int = 8) -> float:
     """Share of the smaller program's token n-grams (by shape) that also occur in the other."""
-    ga, gb = (_ngrams(shape_tokens(x), n) for x in (a, b))
+    ga, gb = shape_grams(a, n), shape_grams(b, n)
     if not ga or not gb:
         return 0.0
     return len(ga & gb) / min(len(ga), len(gb))
 
 
-def _ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+@functools.lru_cache(maxsize=8192)
+def shape_grams(code: str, n: int = 8) -> frozenset[tuple[str, ...]]:
+    """The token n-grams of a program's shape (see `shape_tokens`)."""
+    tokens = shape_tokens(code)
+    return frozenset(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
 
 
 def read_utf8(path: Path) -> str:
