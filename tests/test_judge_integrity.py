@@ -330,3 +330,12 @@ def test_should_panic_expects_the_message_exactly_as_libtest_does(sandbox, form)
 def test_a_reply_cut_off_mid_literal_is_a_compile_error_not_a_crash(sandbox, reply):
     v = judged(sandbox, PACK.get("tm_average_as_float"), reply)
     assert v.reason == "compile_error" and v.errors
+
+
+def test_run_mode_output_from_threads_may_come_in_any_order(sandbox):
+    threads = ('fn main() {\n    let hs: Vec<_> = (0..4).map(|i| std::thread::spawn(move || println!("worker {i} done")))'
+               '.collect();\n    for h in hs { h.join().unwrap(); }\n}\n')
+    koan = replace(RUN, id="threads", solution=threads)
+    ordered = 'fn main() {\n    for i in (0..4).rev() { println!("worker {i} done"); }\n}\n'
+    assert judged(sandbox, koan, ordered).passed
+    assert judged(sandbox, koan, ordered.replace("(0..4)", "(0..3)")).reason == "test_failure"
