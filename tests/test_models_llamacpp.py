@@ -86,6 +86,15 @@ def test_a_file_that_is_not_gguf_is_refused_naming_the_key(tmp_path):
         inspect_model(tmp_path / "nowhere.gguf")
 
 
+def test_a_truncated_gguf_is_refused_as_damaged(tiny_gguf, tmp_path):
+    from sleepy.models.gguf_model import inspect_model
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_gguf.read_bytes()[:5000])  # inside the tokenizer's arrays
+    with pytest.raises(ValueError, match=r"^model.gguf=.*cut.gguf: a damaged GGUF file \("):
+        inspect_model(cut)
+
+
 def test_a_gguf_lora_adapter_is_not_taken_for_a_model(tiny_gguf, tiny_adapter, tmp_path):
     from sleepy.models.gguf_lora import export_lora
     from sleepy.models.gguf_model import inspect_model
