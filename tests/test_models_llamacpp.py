@@ -86,6 +86,15 @@ def test_a_file_that_is_not_gguf_is_refused_naming_the_key(tmp_path):
         inspect_model(tmp_path / "nowhere.gguf")
 
 
+def test_a_truncated_gguf_is_refused_as_damaged(tiny_gguf, tmp_path):
+    from sleepy.models.gguf_model import inspect_model
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_gguf.read_bytes()[:5000])  # inside the tokenizer's arrays
+    with pytest.raises(ValueError, match=r"^model.gguf=.*cut.gguf: a damaged GGUF file \("):
+        inspect_model(cut)
+
+
 def test_a_gguf_lora_adapter_is_not_taken_for_a_model(tiny_gguf, tiny_adapter, tmp_path):
     from sleepy.models.gguf_lora import export_lora
     from sleepy.models.gguf_model import inspect_model
@@ -139,13 +148,28 @@ def test_dequantized_weights_and_tokenizer_are_the_models(tiny_gguf, tiny_hf):
     assert t_ours.apply_chat_template(chat, tokenize=False) == t_theirs.apply_chat_template(chat, tokenize=False)
 
 
-def sleepy_cli(tmp_path, *overrides, env=None, popen=False, timeout=900):
+def sleepy_cli(tmp_path, *overrides, env=None, popen=False, timeout=1500):
     args = [sys.executable, "-m", "sleepy", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             f"episodes.uri={tmp_path}/episodes", f"adapters_dir={tmp_path}/adapters", *overrides]
     env = dict(os.environ, **(env or {}))
     if popen:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("option", ["llamacpp", "qwen2.5-coder-1.5b-gguf"])
+def test_the_llamacpp_configs_compose_against_the_schema(option):
+    from hydra import compose, initialize_config_dir
+
+    from sleepy.config import check_choices, register
+
+    register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", [f"model={option}"])
+    check_choices(cfg)
+    assert cfg.model.backend == "llamacpp" and cfg.model.threads == 1 and cfg.model.n_ctx == 8192
+    if option != "llamacpp":
+        assert (cfg.model.gguf, cfg.model.dtype) == ("qwen2.5-coder-1.5b-q4km", "bfloat16")
 
 
 def test_an_unfetched_model_names_the_command_that_fetches_it(tmp_path):
@@ -211,6 +235,7 @@ def test_managed_server_serves_an_eval_stage_and_leaves_no_process(tmp_path, tin
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 3 minutes alone; the pytest default of 600 s is not enough on a busy machine
 @needs_llama
 def test_a_night_is_served_back_as_a_gguf_lora_and_the_next_day_passes(tmp_path, tiny_gguf):
     """The loop closes through llama.cpp: the night trains on the GGUF's dequantized weights, its adapter is

@@ -33,9 +33,71 @@ def need_gguf():
     return gguf
 
 
+SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+STRING, ARRAY = 8, 9
+
+
+def read_header(path: str | Path) -> tuple[dict, list[str]]:
+    """(metadata, tensor names) of a GGUF file: its scalar and string values (arrays are skipped: the tokenizer's
+    are hundreds of thousands of entries, which the gguf package's reader takes a minute to parse on a busy CPU)."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        pos = 0
+
+        def take(fmt: str):
+            nonlocal pos
+            (value,) = struct.unpack_from(fmt, m, pos)
+            pos += struct.calcsize(fmt)
+            return value
+
+        def text() -> str:
+            nonlocal pos
+            n = take("<Q")
+            pos += n
+            if pos > len(m):
+                raise ValueError("a string runs past the end of the file")
+            return m[pos - n:pos].decode("utf-8", errors="replace")
+
+        def value(kind: int):
+            nonlocal pos
+            if kind in SCALARS:
+                return take(SCALARS[kind])
+            if kind == STRING:
+                return text()
+            if kind == ARRAY:
+                inner, n = take("<I"), take("<Q")
+                if inner in SCALARS:
+                    pos += n * struct.calcsize(SCALARS[inner])
+                else:
+                    for _ in range(n):
+                        value(inner)
+                return None
+            raise ValueError(f"unknown value type {kind}")
+
+        take("<I")  # magic, checked by the caller
+        version = take("<I")
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version} is not supported")
+        n_tensors, n_kv = take("<Q"), take("<Q")
+        meta = {}
+        for _ in range(n_kv):
+            key = text()
+            meta[key] = value(take("<I"))
+        names = []
+        for _ in range(n_tensors):
+            names.append(text())
+            dims = take("<I")
+            pos += 8 * dims + 4 + 8  # the dims, the type, the offset
+        return meta, names
+
+
 def inspect_model(path: str | Path, key: str = "model.gguf") -> GgufModel:
     """The architecture, block count and name of the GGUF model at `path`; a ValueError naming `key` and the file
     when it is missing, not a GGUF file, or a GGUF that holds no model (a LoRA adapter, a vocabulary)."""
+    import struct
+
     path = Path(path).expanduser()
     try:
         with open(path, "rb") as f:
@@ -44,25 +106,19 @@ def inspect_model(path: str | Path, key: str = "model.gguf") -> GgufModel:
         raise ValueError(f"{key}={path}: cannot read it ({e.strerror or e})") from None
     if magic != MAGIC:
         raise ValueError(f"{key}={path}: not a GGUF file (it starts with {magic!r}, not {MAGIC!r})")
-    gguf = need_gguf()
     try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # noqa: BLE001 - any parse failure means the file is unusable
+        meta, tensors = read_header(path)
+    except (ValueError, struct.error, OSError) as e:
         raise ValueError(f"{key}={path}: a damaged GGUF file ({type(e).__name__}: {str(e)[:200]})") from None
-
-    def field(name: str):
-        f = reader.fields.get(name)
-        return None if f is None else f.contents()
-
-    kind = field("general.type") or "model"
-    arch = field("general.architecture")
+    kind = meta.get("general.type") or "model"
+    arch = meta.get("general.architecture")
     if kind != "model":
         raise ValueError(f"{key}={path}: a GGUF {kind} (general.type={kind!r}), not a model")
-    blocks = field(f"{arch}.block_count") if arch else None
-    if not arch or not blocks or not any(t.name == "token_embd.weight" for t in reader.tensors):
+    blocks = meta.get(f"{arch}.block_count") if arch else None
+    if not arch or not blocks or "token_embd.weight" not in tensors:
         raise ValueError(f"{key}={path}: a GGUF file that holds no model (no general.architecture, block count "
                          "or token embeddings)")
-    return GgufModel(path, str(arch), int(blocks), str(field("general.name") or path.stem))
+    return GgufModel(path, str(arch), int(blocks), str(meta.get("general.name") or path.stem))
 
 
 def file_sha256(path: str | Path) -> str:

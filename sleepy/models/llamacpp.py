@@ -69,15 +69,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when sleepy dies (even by SIGKILL), so no server outlives its job (Linux); not SIGTERM,
-    which the server would answer by finishing its request first."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+# The server's process: first it asks the kernel for SIGKILL when sleepy dies (even by SIGKILL; not SIGTERM, which
+# the server answers by finishing its request first), then runs llama-cpp-python's server module in itself. Done in
+# the child's own Python rather than a preexec_fn, which would make subprocess fork a multi-threaded parent.
+LAUNCH = """import ctypes, os, runpy, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("sleepy exited before its llama.cpp server started")
+sys.argv = ["llama_cpp.server", *sys.argv[2:]]
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
 
 
 class LlamaServer:
@@ -105,8 +106,8 @@ class LlamaServer:
                       f"config {config}\n")
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--config_file", str(config)], stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                [sys.executable, "-c", LAUNCH, str(os.getpid()), "--config_file", str(config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         atexit.register(self.stop)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
