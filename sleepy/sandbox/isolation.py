@@ -1,7 +1,8 @@
 """How a step (compile or run) is isolated: bubblewrap, else a network namespace, else nothing (loudly).
 
 Levels, strongest first:
-- `bwrap`: a new mount, pid, network, ipc and uts namespace holding a minimal view of the machine:
+- `bwrap`: a new mount, pid, ipc and uts namespace holding a minimal view of the machine (and no
+  network: a seccomp filter refuses every socket, else an empty network namespace):
   the toolchain (at /toolchain, compile step only), /usr with the system libraries, the two /etc
   files linking needs, a size-capped /tmp, a read-only /dev, /proc for the compiler only, and the
   work dir (writable, compile step) or the binary (read-only and execute-only, run step). Nothing of
@@ -48,8 +49,8 @@ def wrap(level: str, argv: list[str], *, step: str, workdir: str, sysroot: str =
     step="compile": the work dir is writable and the cwd. step="run": argv[0] is the binary, shown
     read-only at /tmp/<name> in a private, size-capped /tmp that is the cwd.
     limits: a `prlimit` prefix, applied inside the namespaces so that the process limit counts only
-    this step's processes. uid: as root, the leased uid the step runs as. seccomp_fd: a compiled filter
-    for the step (bwrap only; `seccomp.py`)."""
+    this step's processes. uid: as root, the leased uid the step runs as. seccomp_fd: the step's compiled
+    filter (bwrap only; `seccomp.py`), which also keeps it off the network."""
     if level == "bwrap":
         view = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                 "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--perms", "0755", "--dir", "/etc"]
@@ -63,16 +64,16 @@ def wrap(level: str, argv: list[str], *, step: str, workdir: str, sysroot: str =
         else:
             inner = "/tmp/" + os.path.basename(binary)
             view += ["--ro-bind", binary, inner, "--chdir", "/tmp"]
-        if uid is None:
-            spaces = ["--unshare-all"]
+        spaces = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        # no network: the seccomp filter refuses every socket; without one, an empty network namespace
+        spaces += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else ["--unshare-net"]
+        if uid is None:  # a user: a user namespace of its own, in which the process limit counts only this step
+            spaces.append("--unshare-user")
             drop = []
         else:  # root: bwrap sets up the view, then the step drops to the leased uid with no capabilities
-            spaces = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
             drop = [shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
         bwrap = shutil.which("bwrap") or "bwrap"
-        if seccomp_fd is not None:
-            spaces += ["--seccomp", str(seccomp_fd)]
         return [bwrap, *view, *spaces, "--die-with-parent", "--new-session", "--", *drop, *limits, *argv]
     if level == "netns":
         args = [shutil.which("unshare") or "unshare"]

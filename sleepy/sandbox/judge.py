@@ -38,7 +38,6 @@ CACHE_VERSION = "2"
 BINARY = "koan"
 KEPT_OUTPUT = 16 * 1024
 SHOWN_ROOT = "tests.rs"  # how diagnostics and panics name the crate root (its real name is random)
-_NO_PROCESSES = functools.cache(seccomp.no_processes)
 
 
 @dataclass(frozen=True)
@@ -229,9 +228,11 @@ class Sandbox:
         env = {"PATH": f"{root}/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C"}
         limits = Limits(lim.compile_s, lim.compile_memory_mb, lim.file_size_mb * 16, lim.output_kb * 8)
         bwrap = self.isolation == "bwrap"
-        argv = isolation.wrap(self.isolation, args, step="compile", workdir=workdir, sysroot=sysroot(),
-                              uid=uid if bwrap else None, limits=prlimit_prefix(limits), tmp_mb=lim.tmp_mb)
-        done = run_limited(argv, limits, cwd=workdir, env=env)
+        with _filter(bwrap, processes=True) as filter_fd:
+            argv = isolation.wrap(self.isolation, args, step="compile", workdir=workdir, sysroot=sysroot(),
+                                  uid=uid if bwrap else None, limits=prlimit_prefix(limits), tmp_mb=lim.tmp_mb,
+                                  seccomp_fd=filter_fd)
+            done = run_limited(argv, limits, cwd=workdir, env=env, pass_fds=_fds(filter_fd))
         reason = _compile_reason(done)
         diagnostics = [_shown(d, build.root) for d in parse_diagnostics(done.stderr)]
         output = _shown(_non_json(done.stderr), build.root)[-KEPT_OUTPUT:] if reason != "ok" else ""
@@ -285,18 +286,16 @@ class Sandbox:
         env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C", "RUST_BACKTRACE": "0", "MALLOC_ARENA_MAX": "2"}
         limits = Limits(lim.run_s, lim.run_memory_mb, lim.file_size_mb, lim.output_kb, lim.processes)
         bwrap = self.isolation == "bwrap"
-        filter_fd = seccomp.pipe_with(_NO_PROCESSES()) if bwrap and seccomp.available() else None
-        wrapped = isolation.wrap(self.isolation, argv, step="run", workdir=workdir, binary=binary,
-                                 uid=uid if bwrap else None, limits=prlimit_prefix(limits), tmp_mb=lim.tmp_mb,
-                                 seccomp_fd=filter_fd)
-        try:
-            done = run_limited(wrapped, limits, cwd=cwd, env=env, user=None if bwrap else uid,
-                               pass_fds=(filter_fd,) if filter_fd is not None else ())
-        finally:
-            if filter_fd is not None:
-                os.close(filter_fd)
-            if uid is not None and self.isolation == "none":  # no pid namespace: the leased uid is this judgement's
-                kill_user_processes(uid)
+        with _filter(bwrap, processes=False) as filter_fd:
+            wrapped = isolation.wrap(self.isolation, argv, step="run", workdir=workdir, binary=binary,
+                                     uid=uid if bwrap else None, limits=prlimit_prefix(limits), tmp_mb=lim.tmp_mb,
+                                     seccomp_fd=filter_fd)
+            try:
+                done = run_limited(wrapped, limits, cwd=cwd, env=env, user=None if bwrap else uid,
+                                   pass_fds=_fds(filter_fd))
+            finally:
+                if uid is not None and self.isolation == "none":  # no pid namespace: the leased uid is this judgement's
+                    kill_user_processes(uid)
         seen = harness.read_run(compiled.meta, done.stdout)
         reason = _run_reason(done, program.mode, seen)
         output = seen.output + done.stderr
@@ -378,6 +377,23 @@ def _run_reason(r: Completed, mode: str, seen: harness.Outcome) -> str:
     if mode == "test" and r.returncode == 101 and "test result: FAILED" in r.stdout:
         return "test_failure"
     return "runtime_error"
+
+
+@contextlib.contextmanager
+def _filter(bwrap: bool, processes: bool):
+    """A pipe holding the step's seccomp filter (None where there is no bubblewrap or no filter for this machine)."""
+    if not (bwrap and seccomp.available()):
+        yield None
+        return
+    fd = seccomp.pipe_with(seccomp.program(processes))
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _fds(fd: int | None) -> tuple[int, ...]:
+    return () if fd is None else (fd,)
 
 
 def same_output(a: str, b: str) -> bool:
