@@ -107,7 +107,7 @@ def _episode(ctx: StageContext, chain: Chain, attempt: int, prompt, gen: Generat
         run_id=ctx.run_id, experiment=ctx.experiment, cycle=ctx.cycle, stage=ctx.stage, koan_id=k.id,
         family=k.family, split=k.split, attempt=attempt, model=ctx.model, adapter=chain.adapter or "",
         sample=chain.sample, prompt=prompt[-1]["content"], response=gen.text, code=code, compiled=v.compiled,
-        tests_passed=v.tests_passed, passed=v.passed, reason=v.reason, error_codes=v.error_codes,
+        tests_passed=v.tests_passed, passed=v.passed, reason=v.reason, flaky=v.flaky, error_codes=v.error_codes,
         signature=v.signature if v.reason != "model_error" else f"model_error: {(gen.error or '')[:80]}",
         diagnostics=describe(v) if not v.passed else "", tokens_in=gen.tokens_in, tokens_out=gen.tokens_out,
         latency_ms=gen.latency_ms, judge_ms=v.wall_ms, seed=ctx.seed, temperature=settings.temperature)

@@ -30,7 +30,11 @@ def knob(default=None, help: str = "", *, factory=None, **bounds):
 @dataclass
 class KoansConfig:
     # every option of the koans group sets it (null: the builtin pack); koans=rustlings leaves it to the user
-    pack: str | None = knob("???", "a TOML pack directory or a rustlings checkout; null: the builtin pack")
+    pack: str | None = knob("???", "a pack name (builtin, rustc_errors, forged), a TOML pack directory or a rustlings "
+                            "checkout; null: the builtin pack")
+    packs: list[str] | None = knob(None, "several packs at once (names or paths), instead of `pack`")
+    external_split: Literal["eval", "train"] = knob(
+        "eval", "the split of packs without their own (rustlings, rustc_errors): held out by default")
     families: list[str] | None = knob(None, "the families to select; null: every family of the pack")
     split: Literal["train", "eval"] | None = knob(None, "verify: only this split; null: both")
     count: int | None = knob(None, "at most this many koans per family; null: all", ge=1)
@@ -41,25 +45,34 @@ class SandboxConfig:
     edition: Literal["2015", "2018", "2021", "2024"] = knob("2024", "the Rust edition programs are compiled with")
     isolation: Literal["auto", "bwrap", "netns", "none"] = knob("auto", "auto: bwrap, else a network namespace, else none")
     jobs: int | None = knob(None, "programs judged at once; null: cores + 2", ge=1)
-    cache: bool = knob(True, "reuse verdicts cached by content hash")
+    cache: bool = knob(True, "reuse compile results cached by content hash (run outcomes are never cached)")
+    runs: int = knob(1, "test runs per judgement: a pass needs every run to pass; runs that disagree mark it flaky",
+                     ge=1)
     limits: SandboxLimits = knob(help="time, memory, process and output limits (each > 0)", factory=SandboxLimits)
 
 
 @dataclass
 class ModelConfig:
-    backend: Literal["tiny", "hf", "litellm"] = knob("tiny", "tiny (offline) | hf (in process) | litellm (served)")
+    backend: Literal["tiny", "hf", "litellm", "llamacpp"] = knob(
+        "tiny", "tiny (offline) | hf (in process) | litellm (served) | llamacpp (a GGUF on a llama.cpp server)")
     name: str = knob("tiny", "recorded with every episode; the served model's name for litellm")
     provider: Literal["openai", "ollama", "vllm"] | None = knob(None, "litellm: the server's protocol")
     path: str | None = knob(None, "hf: a local directory or a hub id in the local cache; the night's base weights")
-    api_base: str | None = knob(None, "litellm: the server's address")
+    api_base: str | None = knob(None, "litellm: the server's address; llamacpp: a server already running there")
     api_key: str | None = knob(None, "litellm: the key, if the server wants one")
     concurrency: int = knob(8, "litellm: requests in flight", ge=1)
-    timeout_s: float = knob(120.0, "litellm: seconds per call", gt=0)
-    retries: int = knob(3, "litellm: retries with exponential backoff", ge=0)
+    timeout_s: float = knob(120.0, "litellm/llamacpp: seconds per call", gt=0)
+    retries: int = knob(3, "litellm/llamacpp: retries with exponential backoff", ge=0)
     cache_dir: str | None = knob(None, "litellm: replay identical requests from this directory")
     batch_size: int = knob(8, "hf/tiny: prompts per generate call", ge=1)
     device: str = knob("auto", "hf/tiny: auto | cpu | cuda[:N]")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob("auto", "hf/tiny: the weights' dtype")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
+        "auto", "hf/tiny: the weights' dtype; llamacpp: the night's dequantized weights")
+    gguf: str | None = knob(None, "llamacpp: a GGUF file, or a model fetched by `sleepy-models get NAME` (its name)")
+    threads: int = knob(1, "llamacpp: generation threads (more than the free cores thrash llama.cpp's spin "
+                           "barriers)", ge=1)
+    threads_batch: int | None = knob(None, "llamacpp: prompt-processing threads; null: threads", ge=1)
+    n_ctx: int = knob(8192, "llamacpp: context size in tokens (prompt + reply)", ge=256)
 
 
 @dataclass

@@ -62,14 +62,16 @@ def print_cycles(rows: list[dict], run_id: str, uri: str, experiment: str) -> No
 
     t = Table(title=f"experiment {experiment}, run {run_id}")
     for col in ("cycle", "day pass", "night examples", "eval pass (95% CI)", "median steps", "repeat errors",
-                "persistent failures", "regressions", "McNemar p vs 0", "BWT", "forgetting"):
+                "persistent failures", "regressions", "McNemar p vs 0", "MDE vs 0", "BWT", "forgetting"):
         t.add_column(col, justify="right")
     for c, r in enumerate(rows):
         t.add_row(str(c), pct(r.get("day/pass_rate")), num(r.get("night/examples")),
                   f"{pct(r['eval/pass_rate'])} [{pct(r['eval/pass_rate_lo'])}, {pct(r['eval/pass_rate_hi'])}]",
                   num(r["eval/median_steps"], "{:.1f}"), pct(r.get("eval/repeat_error_rate")),
                   pct(r.get("eval/persistent_failure_rate")), num(r.get("eval/regressions")),
-                  num(r.get("eval/mcnemar_p"), "{:.3f}"), num(r.get("cl/bwt"), "{:+.2f}"),
+                  num(r.get("eval/mcnemar_p"), "{:.3f}"),
+                  "-" if c == 0 else num(100 * r.get("eval/mde", float("nan")), "{:.1f} pts"),
+                  num(r.get("cl/bwt"), "{:+.2f}"),
                   num(r.get("cl/forgetting"), "{:.2f}"))
     console = Console(width=max(Console().width, 140))
     console.print(t)

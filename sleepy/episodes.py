@@ -15,6 +15,7 @@ from pathlib import Path
 
 TABLE = "episodes"
 DIAGNOSTICS_CHARS = 4000
+ADDED_COLUMNS = {"flaky": "false"}  # columns newer than some stores, with the SQL value old rows get
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Episode:
     tests_passed: bool = False
     passed: bool = False
     reason: str = ""
+    flaky: bool = False  # the judge's repeated runs disagreed (sandbox.runs > 1)
     error_codes: list[str] = field(default_factory=list)
     signature: str = ""
     diagnostics: str = ""
@@ -59,7 +61,7 @@ def schema():
         "koan_id": pa.string(), "family": pa.string(), "split": pa.string(), "attempt": pa.int32(),
         "model": pa.string(), "adapter": pa.string(), "sample": pa.int32(), "prompt": pa.string(),
         "response": pa.string(), "code": pa.string(), "compiled": pa.bool_(), "tests_passed": pa.bool_(),
-        "passed": pa.bool_(), "reason": pa.string(), "error_codes": pa.list_(pa.string()),
+        "passed": pa.bool_(), "reason": pa.string(), "flaky": pa.bool_(), "error_codes": pa.list_(pa.string()),
         "signature": pa.string(), "diagnostics": pa.string(), "tokens_in": pa.int32(), "tokens_out": pa.int32(),
         "latency_ms": pa.float64(), "judge_ms": pa.float64(), "seed": pa.int64(), "temperature": pa.float64(),
         "created_at": pa.timestamp("us", tz="UTC"),
@@ -88,7 +90,14 @@ class EpisodeStore:
         self.retries = retries
         Path(self.uri).mkdir(parents=True, exist_ok=True)
         self._db = lancedb.connect(self.uri)
-        self._table = self._db.create_table(TABLE, schema=schema(), exist_ok=True)
+        try:
+            self._table = self._db.create_table(TABLE, schema=schema(), exist_ok=True)
+        except ValueError as e:  # a store written by an earlier sleepy: its rows get the new columns' defaults
+            if "schema" not in str(e).lower():
+                raise
+            self._table = self._db.open_table(TABLE)
+            missing = {k: v for k, v in ADDED_COLUMNS.items() if k not in self._table.schema.names}
+            self._commit("add columns", lambda: self._table.add_columns(missing), done_by="AddColumns")
 
     def add_koan(self, episodes: list[Episode]) -> int:
         """Write all attempts of one or more koans in one commit; returns the new table version."""

@@ -105,12 +105,24 @@ def evaluate(job: Job, cycle: int) -> dict[str, float]:
     """The agent attempts the eval koans, and again the train koans the nights so far learned, served night
     `cycle`'s adapter: the eval metrics, and the accuracy matrix with its continual-learning metrics."""
     served = job.adapters.latest(cycle)
-    metrics = attempt(job, "eval", cycle, job.koans("eval"), night=served)
+    metrics = attempt(job, "eval", cycle, job.koans("eval"), night=served) | by_subset(job, cycle)
     tasks = {c: learned for c in range(1, cycle + 1) if (learned := job.adapters.learned(c))}
     if tasks:
         learned = set().union(*tasks.values())
         attempt(job, "recall", cycle, [k for k in job.koans("day") if k.id in learned], night=served)
         metrics |= continual(job, cycle, tasks)
+    return metrics
+
+
+def by_subset(job: Job, cycle: int) -> dict[str, float]:
+    """The eval per pack and subset: n, the pass rate and the minimum detectable effect against cycle 0."""
+    from sleepy.subsets import print_rows, report
+
+    metrics, rows = report(job.history.episodes("eval", cycle), job.history.baseline("eval", cycle) if cycle else None,
+                           job.koans("eval") + job.koans("day"), cycle, job.settings.max_attempts)
+    job.tracker.log_metrics(metrics, step=cycle)
+    if rows:
+        print_rows(rows, f"eval cycle {cycle} by pack and subset")
     return metrics
 
 
@@ -152,17 +164,15 @@ def attempt(job: Job, stage: str, cycle: int, koans: list, night: int | None) ->
 
 
 def verify(cfg) -> float:
-    """Judge every selected koan: broken code must fail as declared, the solution must pass."""
-    from sleepy.koans import load_pack
-    from sleepy.koans.cli import verify_koans
+    """Judge every selected koan: broken code must fail as declared, the solution must pass, no eval koan leaks."""
+    from sleepy.koans.registry import load_configured
+    from sleepy.koans.verify import print_report
+    from sleepy.koans.verify import verify as verify_all
 
     k = cfg.koans
-    koans = load_pack(k.pack).select(family=k.families, split=k.split, count=k.count)
     sandbox = make_sandbox(cfg.sandbox)
-    report = verify_koans(koans, sandbox)
-    for f in report["failed"]:
-        print(f"FAIL {f['id']}: {f['why']}")
-    print(f"{report['verified']}/{report['koans']} koans verified (isolation: {sandbox.isolation})")
+    report = verify_all(load_configured(k, sandbox).select(family=k.families, split=k.split, count=k.count), sandbox)
+    print_report(report)
     if report["failed"]:
         sys.exit(1)
     return report["verified"] / max(1, report["koans"])

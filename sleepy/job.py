@@ -27,12 +27,12 @@ class Job:
         from omegaconf import OmegaConf
 
         from sleepy.config import AgentConfig
-        from sleepy.koans import load_pack
+        from sleepy.koans.registry import load_configured
 
         self.cfg = cfg
-        self.pack = load_pack(cfg.koans.pack)
         self.settings = AgentConfig(**OmegaConf.to_container(cfg.agent))
         self.sandbox = make_sandbox(cfg.sandbox)
+        self.pack = load_configured(cfg.koans, self.sandbox)
         self.eval_ids = {k.id for k in self.pack.koans if k.split == "eval"}
         self._backend = self._teacher = None
 
@@ -83,7 +83,7 @@ class Job:
             return
         if not self.backend.serves_adapters:
             raise ValueError(f"model '{self.cfg.model.name}' ({self.cfg.model.provider or self.cfg.model.backend}) "
-                             "cannot serve adapters: a night stage needs model=tiny, an hf model or vllm "
+                             "cannot serve adapters: a night stage needs model=tiny, an hf model, a llamacpp model or vllm "
                              "(or night.enabled=false)")
         if not self.backend.path:
             raise ValueError("a night trains on local base weights: set model.path to them")
@@ -213,7 +213,8 @@ def make_sandbox(s, use_cache: bool | None = None):
     from sleepy.sandbox import Sandbox, SandboxLimits
 
     return Sandbox(edition=s.edition, isolation_level=s.isolation, jobs=s.jobs,
-                   use_cache=s.cache if use_cache is None else use_cache, limits=SandboxLimits(**s.limits))
+                   use_cache=s.cache if use_cache is None else use_cache, limits=SandboxLimits(**s.limits),
+                   runs=s.runs)
 
 
 def writable(path: Path, key: str) -> None:

@@ -31,8 +31,7 @@ def user_prompt(koan, code: str, verdict, strategy: str = "plain", examples=(), 
     strategy=explain the rustc explanation of the error codes, with memory the retrieved `examples` (diagnostics,
     fix), and the earlier failed attempts in `history` (code, diagnostics)."""
     parts = [f"Task: {koan.title}\n\nFix this Rust program:\n```rust\n{code.rstrip()}\n```",
-             f"The compiler and tests say:\n```\n{describe(verdict)}\n```",
-             f"Your program must pass these tests, which are appended to it:\n```rust\n{koan.tests.rstrip()}\n```"]
+             f"The compiler and tests say:\n```\n{describe(verdict)}\n```", task(koan)]
     if strategy == "explain":
         for error in verdict.error_codes[:2]:
             if text := explain(error):
@@ -47,12 +46,26 @@ def user_prompt(koan, code: str, verdict, strategy: str = "plain", examples=(), 
     return "\n\n".join(parts)
 
 
+def task(koan) -> str:
+    """What counts as a pass, in the prompt: the appended tests, the file's own tests, or main running to its end."""
+    if koan.required:  # koan.tests are the solution's: never shown
+        return ("Fix the program and its own test module: these tests must still be there, run and pass: "
+                + ", ".join(f"`{name}`" for name in koan.required) + ".")
+    if koan.mode == "check":
+        return "Your program must compile with no error (it is compiled only: not run, no tests)."
+    if koan.tests:
+        return f"Your program must pass these tests, which are appended to it:\n```rust\n{koan.tests.rstrip()}\n```"
+    return "Your program must compile and run to the end of `main` without panicking."
+
+
 def describe(verdict) -> str:
     """What the compiler or the tests said, as the prompt shows it."""
     if verdict.errors:
         text = "\n".join(d.rendered.rstrip() for d in verdict.errors)
     elif verdict.reason == "model_error":
         text = "(no program: the model did not answer)"
+    elif verdict.reason == "incomplete":
+        text = f"incomplete: the program exited before every test (or main) ran to its end:\n{verdict.output.strip()}"
     else:
         text = f"{verdict.reason}:\n{verdict.output.strip()}"
     return text[:DIAGNOSTICS_CHARS]

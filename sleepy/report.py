@@ -2,7 +2,10 @@
 
 A configuration is the set of params that differ between the experiment's runs (the seed, run ids
 and paths aside). Each metric is shown as its mean over the configuration's runs with a 95%
-t-interval, so a difference smaller than run-to-run noise reads as one.
+t-interval, so a difference smaller than run-to-run noise reads as one. A second table has a row per
+configuration and eval pack or subset (`sleepy/subsets.py`): its n, pass rate, the koans that changed
+against cycle 0 and the minimum detectable effect at that discordance, so a difference smaller than
+what the koans can show reads as one too.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -71,6 +75,55 @@ def summarize(runs, metrics: tuple[str, ...] = DEFAULT_METRICS) -> tuple[list[st
             row["metrics"][m] = {"mean": mean, "lo": lo, "hi": hi}
         rows.append(row)
     return varying, rows
+
+
+_SUBSET_N = re.compile(r"^eval/subset/(.+)/n$")
+
+
+def subset_rows(runs) -> list[dict]:
+    """Per configuration and eval pack or subset (the runs' last eval): n, pass rate over runs, the mean number of
+    koans that changed against cycle 0, the MDE at that discordance and the best-case MDE of n koans."""
+    from sleepy.power import best_mde, mde
+
+    varying, groups = configurations(runs)
+    out = []
+    for values, members in groups.items():
+        names = {m.group(1) for r in members for k in r.data.metrics if (m := _SUBSET_N.match(k))}
+        for name in sorted(names, key=lambda x: (x != "all", x)):
+            key = f"eval/subset/{name}"
+            got = [r.data.metrics for r in members if f"{key}/n" in r.data.metrics]
+            n = int(max(m[f"{key}/n"] for m in got))
+            rate, lo, hi = mean_ci([m.get(f"{key}/pass_rate", math.nan) for m in got])
+            changed = mean_ci([m.get(f"{key}/discordant", math.nan) for m in got])[0]
+            out.append({"config": dict(zip(varying, values, strict=True)), "subset": name, "n": n, "n_runs": len(got),
+                        "check_mode": any(m.get(f"{key}/check_mode") == 1.0 for m in got),
+                        "pass_rate": {"mean": rate, "lo": lo, "hi": hi}, "changed": changed,
+                        "mde": mde(n, changed / n) if changed == changed and changed > 0 else math.nan,
+                        "best_mde": best_mde(n)})
+    return out
+
+
+def print_subsets(varying: list[str], rows: list[dict], experiment: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sleepy.subsets import label, points
+
+    t = Table(title=f"experiment {experiment}: eval koans by pack and subset, last cycle against cycle 0",
+              caption="MDE: the smallest change in pass rate McNemar's exact test detects (alpha 0.05, power 0.8) at "
+                      "the mean number of changed koans; best: if every change went one way")
+    for k in varying:
+        t.add_column(k)
+    for col in ("pack / subset", "n", "runs", "pass rate [95% CI]", "changed vs cycle 0", "MDE", "best MDE"):
+        t.add_column(col, justify="left" if col == "pack / subset" else "right")
+    for r in rows:
+        p = r["pass_rate"]
+        rate = "-" if p["mean"] != p["mean"] else f"{p['mean']:.3g}" + ("" if p["lo"] != p["lo"] else
+                                                                          f" [{p['lo']:.3g}, {p['hi']:.3g}]")
+        t.add_row(*(str(r["config"][k]) for k in varying), label(r["subset"], r["check_mode"]), str(r["n"]),
+                  str(r["n_runs"]), rate, "-" if r["changed"] != r["changed"] else f"{r['changed']:.1f}",
+                  points(r["mde"]), points(r["best_mde"]))
+    Console(width=max(120, 24 * (len(varying) + 7))).print(t)
 
 
 def print_table(varying: list[str], rows: list[dict], experiment: str) -> None:
@@ -161,10 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sleepy-report: error: experiment '{args.experiment}' has no finished runs", file=sys.stderr)
         return 2
     varying, rows = summarize(runs, tuple(args.metric) if args.metric else DEFAULT_METRICS)
+    subsets = subset_rows(runs)
     if args.json:
-        print(json.dumps({"experiment": args.experiment, "varying": varying, "rows": rows}, indent=1))
+        print(json.dumps({"experiment": args.experiment, "varying": varying, "rows": rows, "subsets": subsets},
+                         indent=1))
     else:
         print_table(varying, rows, args.experiment)
+        if subsets:
+            print_subsets(varying, subsets, args.experiment)
     if args.plot:
         paths = plot(client, varying, runs, args.plot)
         run = client.create_run(runs[0].info.experiment_id, run_name="sleepy-report", tags={"sleepy.report": "true"})

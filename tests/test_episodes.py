@@ -137,3 +137,19 @@ def test_parallel_jobs_writing_and_indexing_one_table_all_succeed(tmp_path):
     assert store.frame().group_by("run_id").len()["len"].sort().to_list() == [6, 6, 6, 6]
     for j in range(4):
         assert set(store.search_diagnostics(f"job{j}", limit=50)["run_id"]) == {f"run{j}"}
+
+
+def test_a_store_written_before_the_flaky_column_opens_and_keeps_its_rows(tmp_path):
+    import lancedb
+    import pyarrow as pa
+
+    from sleepy.episodes import schema
+
+    old = pa.schema([f for f in schema() if f.name != "flaky"])
+    row = {f.name: None for f in old} | dict(run_id="old", experiment="e", cycle=0, stage="day", koan_id="k",
+                                             family="f", split="train", attempt=1, model="m", sample=0, passed=True)
+    lancedb.connect(str(tmp_path)).create_table("episodes", schema=old).add(pa.Table.from_pylist([row], schema=old))
+    store = EpisodeStore(tmp_path)
+    store.add_koan([Episode("new", "e", 0, "day", "k2", "f", "train", 1, "m", flaky=True)])
+    df = store.frame()
+    assert df.select("run_id", "flaky", "passed").rows() == [("old", False, True), ("new", True, False)]

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from sleepy.koans import find_leaks, load_pack
-from sleepy.koans.cli import verify_koans
+from sleepy.koans.verify import verify_koans
 
 TRAIN_MINIMUM = {"borrow_checker": 10, "lifetimes": 6, "trait_bounds": 10, "result_handling": 10,
                  "type_mismatch": 6}

@@ -18,7 +18,7 @@ def test_fix_without_a_fence_is_the_whole_reply_and_a_cut_fence_still_counts():
 
 def test_an_echoed_copy_of_the_koan_tests_is_dropped():
     reply = f"```rust\nfn main() {{}}\n\n{KOAN.tests}```"
-    assert extract_fix(reply) == "fn main() {}\n\n"
+    assert extract_fix(reply) == "fn main() {}\n"
 
 
 def test_an_answer_reads_back_as_the_fix_it_holds():

@@ -72,3 +72,28 @@ def test_unknown_experiment_is_a_clear_error(store):
     uri, _, _ = store
     rc, _, err = run_cli("-m", "sleepy.report", "--experiment", "nope", "--tracking-uri", uri)
     assert rc != 0 and "no MLflow experiment 'nope'" in err and "sweep" in err
+
+
+def test_rows_per_pack_and_subset_show_n_and_the_minimum_detectable_effect(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sleepy.power import mde
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("packs", artifact_location=(tmp_path / "artifacts").as_uri())
+    for seed, changed in enumerate((30, 50)):
+        rid = client.create_run(exp).info.run_id
+        client.log_param(rid, "seed", str(seed))
+        for name, n, check in (("all", 500, 0.0), ("rustc_errors", 250, 1.0)):
+            for key, value in (("n", n), ("pass_rate", 0.5), ("discordant", changed), ("check_mode", check)):
+                client.log_metric(rid, f"eval/subset/{name}/{key}", value, step=1)
+        client.set_terminated(rid)
+    rc, out, err = run_cli("-m", "sleepy.report", "--experiment", "packs", "--tracking-uri", uri, "--json")
+    assert rc == 0, err
+    rows = {r["subset"]: r for r in json.loads(out)["subsets"]}
+    assert rows["all"]["n"] == 500 and rows["all"]["n_runs"] == 2 and rows["all"]["changed"] == 40
+    assert rows["all"]["mde"] == pytest.approx(mde(500, 40 / 500))
+    assert rows["rustc_errors"]["check_mode"] and rows["rustc_errors"]["mde"] == pytest.approx(mde(250, 40 / 250))
+    rc, out, _ = run_cli("-m", "sleepy.report", "--experiment", "packs", "--tracking-uri", uri)
+    assert "rustc_errors (check mode: compiles, no tests)" in out and "MDE" in out and " pts" in out

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from sleepy.sandbox import Sandbox, SandboxLimits
-from sleepy.sandbox.isolation import SANDBOX_UID_BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = SandboxLimits(compile_s=8, compile_memory_mb=2048, run_s=3, run_memory_mb=256, processes=32,
@@ -23,36 +22,44 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture()
-def strict(tmp_path):
+def strict(tmp_path, monkeypatch):
+    """A sandbox whose work dirs go to a directory of this test's own (other judges may run beside it)."""
+    import tempfile
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
     return Sandbox(cache_dir=tmp_path / "cache", use_cache=False, limits=LIMITS, jobs=1)
 
 
 def leftover_processes(marker: str) -> list[str]:
-    """Live processes whose command line holds marker, or that run as a sandbox uid."""
+    """Live processes whose command line holds marker (other judgements may run beside this test)."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            uid = entry.stat().st_uid
             state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
         if state in ("Z", "X"):  # exited; only its exit status waits to be collected by init
             continue
-        if marker in cmd or SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + 64:
-            found.append(f"{entry.name} uid={uid} {cmd[:80]}")
+        if marker in cmd:
+            found.append(f"{entry.name} {cmd[:80]}")
     return found
 
 
 def judge_timed(sb, code, tests="", mode="test"):
-    before = set(os.listdir("/tmp"))
+    import tempfile
+
+    tmp = tempfile.gettempdir()
+    before = set(os.listdir(tmp))
     start = time.perf_counter()
     verdict = sb.judge(code, tests, mode)
     elapsed = time.perf_counter() - start
     time.sleep(0.2)
-    new_tmp = {p for p in set(os.listdir("/tmp")) - before if p.startswith("sleepy-judge-")}
+    new_tmp = {p for p in set(os.listdir(tmp)) - before if p.startswith("sleepy-judge-")}
     assert not new_tmp, f"work dirs left behind: {new_tmp}"
     return verdict, elapsed
 
@@ -129,15 +136,30 @@ def test_network_connection_to_a_local_listener_never_arrives(strict):
     assert v.reason == "runtime_error" and "no network" in v.output
 
 
-def test_a_child_that_tries_to_outlive_the_judgement_is_killed(strict):
+ESCAPE = ("use std::process::{{Command, Stdio}};\nfn main() {{\n"
+          "    let a = Command::new(\"/usr/bin/setsid\").arg(\"/bin/sleep\").arg(\"{marker}\")\n"
+          "        .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();\n"
+          "    let b = Command::new(\"/bin/sh\").arg(\"-c\").arg(\"nohup /bin/sleep {marker} >/dev/null 2>&1 &\")\n"
+          "        .status();\n"
+          "    println!(\"setsid: {{:?}} nohup: {{:?}}\", a.map(|_| ()), b.map(|_| ()));\n}}\n")
+
+
+def test_a_judged_program_cannot_start_a_process(strict):
     marker = f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 1000}"
-    code = ("use std::process::{Command, Stdio};\nfn main() {\n"
-            f"    Command::new(\"/usr/bin/setsid\").arg(\"/bin/sleep\").arg(\"{marker}\")\n"
-            "        .stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();\n"
-            f"    Command::new(\"/bin/sh\").arg(\"-c\").arg(\"nohup /bin/sleep {marker} >/dev/null 2>&1 &\")\n"
-            "        .status().unwrap();\n}\n")
-    v, _ = judge_timed(strict, code, mode="run")
+    v, _ = judge_timed(strict, ESCAPE.format(marker=marker), mode="run")
     assert v.reason == "ok"
+    assert v.output.count("Operation not permitted") == 2
+    assert leftover_processes(f"sleep {marker}") == []
+
+
+def test_without_the_process_filter_a_child_that_tries_to_outlive_the_judgement_is_killed(strict, monkeypatch):
+    """Where no seccomp filter can be built, the judgement's pid namespace still takes every child with it."""
+    from sleepy.sandbox import seccomp
+
+    monkeypatch.setattr(seccomp, "available", lambda: False)
+    marker = f"{4000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 1000}"
+    v, _ = judge_timed(strict, ESCAPE.format(marker=marker), mode="run")
+    assert v.reason == "ok" and "Operation not permitted" not in v.output
     time.sleep(0.3)
     assert leftover_processes(f"sleep {marker}") == []
 
@@ -161,3 +183,66 @@ def test_runaway_const_evaluation_is_stopped(strict):
 
 def test_every_verdict_records_its_isolation_level(strict):
     assert strict.judge("fn main() {}", mode="run").isolation == "bwrap"
+
+
+@pytest.fixture()
+def planted(tmp_path):
+    """A secret only its owner may read, in the home directory, and the repository's own README."""
+    secret = f"sleepy-secret-{uuid.uuid4().hex}"
+    home = Path.home() / f".sleepy-planted-{uuid.uuid4().hex[:8]}"
+    home.write_text(secret)
+    home.chmod(0o600)
+    try:
+        yield {"home": (home, secret), "repo": (ROOT / "README.md", "# sleepy"),
+               "passwd": (Path("/etc/passwd"), "root:x:0:0")}
+    finally:
+        home.unlink()
+
+
+COMPILE_READS = [
+    'const S: &str = include_str!("{path}");\npub fn f() -> usize {{ S.len() }}\n',
+    'const B: &[u8] = include_bytes!("{path}");\npub fn f() -> usize {{ B.len() }}\n',
+    '#[path = "{path}"]\nmod x;\npub fn f() {{}}\n',
+    'pub fn f() -> usize {{ include!("{path}") }}\n',
+    'const _: () = panic!("{{}}", include_str!("{path}"));\npub fn f() {{}}\n',
+]
+
+
+@pytest.mark.parametrize("mode", ["check", "test", "run"])
+def test_the_compiler_cannot_read_host_files(strict, planted, mode):
+    import json
+
+    tests = "#[cfg(test)]\nmod t {\n    #[test]\n    fn f_runs() { let _ = super::f(); }\n}\n" if mode == "test" else ""
+    for where, (path, text) in planted.items():
+        for template in COMPILE_READS:
+            code = template.format(path=path) + ("fn main() { let _ = f(); }\n" if mode == "run" else "")
+            v = strict.judge(code, tests, mode)
+            assert not v.passed, (where, template)
+            assert text not in json.dumps(v.to_dict()), (where, template)
+
+
+def test_a_running_program_cannot_read_host_files(strict, planted):
+    import json
+
+    reads = "".join(f'    println!("{{:?}}", std::fs::read_to_string("{path}"));\n' for path, _ in planted.values())
+    v = strict.judge(f"fn main() {{\n{reads}}}\n", mode="run")
+    assert v.reason == "ok" and v.output.count("Err(") == len(planted)
+    assert not any(text in json.dumps(v.to_dict()) for _, text in planted.values())
+
+
+def test_memory_outside_the_process_is_capped_too(strict):
+    """tmpfs pages do not count against RLIMIT_AS: /dev/shm is read-only and /tmp is size-capped."""
+    code = ("use std::io::Write;\nfn main() {\n"
+            '    println!("shm: {:?}", std::fs::write("/dev/shm/x", b"x").map_err(|e| e.kind()));\n'
+            "    let block = vec![7u8; 4 << 20];\n    let mut total = 0usize;\n"
+            "    for i in 0..64 {\n"
+            '        let w = std::fs::File::create(format!("/tmp/f{i}")).and_then(|mut f| f.write_all(&block));\n'
+            '        if let Err(e) = w { println!("stopped: {:?}", e.kind()); break; }\n'
+            "        total += block.len();\n    }\n"
+            '    println!("written: {}", total >> 20);\n}\n')
+    v, _ = judge_timed(strict, code, mode="run")
+    assert v.reason == "ok", v.output
+    assert "shm: Err(ReadOnlyFilesystem)" in v.output
+    assert "stopped: StorageFull" in v.output
+    written = int(v.output.split("written: ")[1].split()[0])
+    assert written <= LIMITS.tmp_mb

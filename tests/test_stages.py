@@ -296,3 +296,22 @@ def test_readme_flow_served_script_eval_and_a_three_seed_sweep_compared(tmp_path
     for row in report["rows"]:
         assert row["metrics"]["eval/pass_rate"]["mean"] == 1.0  # the server's second answer is always the fix
         assert 1.0 <= row["metrics"]["eval/median_steps"]["mean"] <= 2.0
+
+
+def test_eval_over_two_packs_reports_n_and_the_mde_per_pack(tmp_path):
+    rustlings = ROOT / "tests" / "fixtures" / "rustlings"
+    vecs1 = load_pack(rustlings).get("vecs1")
+    packs = [f"koans.packs=[builtin,{rustlings}]", "koans.families=[type_mismatch,05_vecs]", "koans=all"]
+    with ScriptedLLMServer(Script({K1.title: [fix(K1.solution)], vecs1.title: [fix(vecs1.code)]})) as server:
+        r = sleepy(tmp_path, server, "cycle=0", *packs)
+    assert "eval cycle 0 by pack and subset" in r.stdout and "best MDE" in r.stdout
+    _, (first,) = runs(tmp_path)
+    with ScriptedLLMServer(Script({K2.title: [fix(K2.solution)], vecs1.title: [fix(vecs1.solution)]})) as server:
+        sleepy(tmp_path, server, "cycle=1", f"baseline_run_id={first.info.run_id}", *packs)
+    client, (run0, run1) = runs(tmp_path)
+    m0, m1 = run0.data.metrics, run1.data.metrics
+    assert (m0["eval/subset/all/n"], m0["eval/subset/builtin/n"], m0["eval/subset/rustlings/n"]) == (4, 3, 1)
+    assert m0["eval/subset/builtin/pass_rate"] == pytest.approx(1 / 3) and m0["eval/subset/rustlings/pass_rate"] == 0
+    # cycle 1 against cycle 0: K1 lost, K2 and vecs1 gained: 3 koans changed, too few for any effect to be detectable
+    assert m1["eval/subset/all/discordant"] == 3 and m1["eval/discordant"] == 3 and m1["eval/mde"] != m1["eval/mde"]
+    assert m1["eval/subset/rustlings/discordant"] == 1

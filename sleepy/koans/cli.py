@@ -1,4 +1,4 @@
-"""sleepy-koans: list, show, verify and lock koans; judge one Rust file in the sandbox."""
+"""sleepy-koans: list, show, verify and lock koans; forge new ones; judge one Rust file in the sandbox."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sleepy.koans.model import Koan, KoanError, read_utf8, wrap_tests
+from sleepy.koans.model import KoanError, read_utf8, wrap_tests
 
 PROG = "sleepy-koans"
 
@@ -26,13 +26,18 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     def pack_arg(c):
-        c.add_argument("--pack", metavar="PATH", help="a TOML pack or a rustlings checkout (default: builtin)")
+        c.add_argument("--pack", metavar="PACK", action="append",
+                       help="builtin, rustc_errors, forged, a TOML pack or a rustlings checkout (default: builtin); "
+                            "repeat it for several packs at once")
+        c.add_argument("--external-split", default="eval", choices=["eval", "train"],
+                       help="the split of packs without one of their own: rustlings, rustc_errors (default: eval)")
 
     def sandbox_args(c):
         c.add_argument("--jobs", type=int, default=None, help="programs judged at once (default: cores + 2)")
         c.add_argument("--edition", default="2024")
         c.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "netns", "none"])
-        c.add_argument("--no-cache", action="store_true", help="judge again even if a verdict is cached")
+        c.add_argument("--no-cache", action="store_true", help="compile again even if the result is cached")
+        c.add_argument("--runs", type=int, default=1, help="test runs per program (runs that disagree: flaky)")
 
     c = sub.add_parser("list", help="list koans")
     pack_arg(c)
@@ -62,15 +67,47 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_judge)
 
     c = sub.add_parser("lock", help="freeze the eval split: write eval.lock from the eval koans as they are")
-    pack_arg(c)
+    c.add_argument("--pack", metavar="PATH", help="a TOML pack directory (default: builtin)")
     c.set_defaults(func=cmd_lock)
+
+    c = sub.add_parser("forge", help="make verified koans with tests by injecting compile errors into solutions")
+    c.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write the pack (new or empty)")
+    c.add_argument("--seed", type=int, default=0, help="draws which mutants are kept (default: 0)")
+    c.add_argument("--from", dest="source", default="builtin", metavar="PACK",
+                   help="the pack whose solutions and tests are mutated (default: builtin)")
+    c.add_argument("--per-family", type=int, default=None, metavar="N",
+                   help="at most N koans per source koan and family (default: 4)")
+    sandbox_args(c)
+    c.add_argument("--json", action="store_true", help="print the forge's counts as JSON")
+    c.set_defaults(func=cmd_forge)
     return p
 
 
-def _pack(args, check_lock: bool = True):
-    from sleepy.koans.pack import load_pack
+def _pack(args, sandbox=None):
+    from sleepy.koans.registry import load_packs
 
-    return load_pack(args.pack, check_lock=check_lock)
+    pack = load_packs(args.pack or [None], sandbox, args.external_split)
+    for note in pack.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return pack
+
+
+def _summary(koans, power: bool) -> None:
+    """Per pack and split: how many koans; with power, what the eval koans can detect (scipy: slow to import, so
+    `verify` says it and `list` does not)."""
+    from sleepy.koans.model import CHECK_MODE, check_mode
+
+    for pack in sorted({k.pack for k in koans}):
+        mine = [k for k in koans if k.pack == pack]
+        splits = ", ".join(f"{sum(k.split == s for k in mine)} {s}" for s in ("train", "eval") if any(k.split == s
+                                                                                                    for k in mine))
+        evals = sum(k.split == "eval" for k in mine)
+        mode = f" ({CHECK_MODE})" if check_mode(mine) else ""
+        if power and evals:
+            from sleepy.power import describe
+
+            mode += f"; eval {describe(evals)}"
+        print(f"{pack}: {splits}{mode}")
 
 
 def cmd_list(args) -> int:
@@ -83,17 +120,24 @@ def cmd_list(args) -> int:
     for k in koans:
         print(f"{k.id:34} {k.family:16} {k.split:5}  {','.join(k.expected_errors):12} {k.title}")
     print(f"{len(koans)} koans")
+    _summary(koans, power=False)
     return 0
 
 
 def cmd_show(args) -> int:
     k = _pack(args).get(args.id)
-    print(f"# {k.id}: {k.title}\nfamily: {k.family}   split: {k.split}   mode: {k.mode}")
+    print(f"# {k.id}: {k.title}\npack: {k.pack}   family: {k.family}   split: {k.split}   mode: {k.mode}")
+    if k.mode == "check":
+        print("judged in check mode: the fix must compile with no error; there are no tests")
+    if k.origin:
+        print(f"forged from {k.origin} by the mutation {k.mutation}")
     if k.expected_errors:
         print(f"expected errors: {', '.join(k.expected_errors)}")
     if k.hint:
         print(f"hint: {k.hint}")
-    print(f"\n## code\n{k.code.rstrip()}\n\n## tests\n{k.tests.rstrip()}")
+    print(f"\n## code\n{k.code.rstrip()}")
+    if k.tests:
+        print(f"\n## tests\n{k.tests.rstrip()}")
     if args.solution:
         print(f"\n## solution\n{k.solution.rstrip()}")
     return 0
@@ -103,58 +147,20 @@ def _sandbox(args):
     from sleepy.sandbox import Sandbox
 
     return Sandbox(edition=args.edition, isolation_level=args.isolation, jobs=args.jobs,
-                   use_cache=not args.no_cache)
-
-
-def verify_koans(koans: list[Koan], sandbox) -> dict:
-    """Judge every koan's broken code (must fail, with its expected codes) and its solution (must pass)."""
-    from sleepy.sandbox.judge import toolchain
-
-    failed, skipped, programs, judged = [], [], [], []
-    for k in koans:
-        if k.clippy and toolchain()[2] is None:
-            skipped.append({"id": k.id, "why": "strict_clippy, and clippy is not installed"})
-            continue
-        judged.append(k)
-        programs.append(k.program())
-        programs.append(k.program(k.solution))
-    verdicts = sandbox.judge_many(programs)
-    for i, k in enumerate(judged):
-        broken, fixed = verdicts[2 * i], verdicts[2 * i + 1]
-        why = []
-        if k.check_unsolved and broken.passed:
-            why.append("broken code passes")
-        missing = [c for c in k.expected_errors if c not in broken.error_codes]
-        if broken.compiled and k.expected_errors:
-            why.append("broken code compiles")
-        elif missing:
-            why.append(f"broken code does not emit {', '.join(missing)} (got {', '.join(broken.error_codes) or 'none'})")
-        if not fixed.passed:
-            detail = fixed.signature or fixed.reason
-            why.append(f"solution fails: {fixed.reason} ({detail})")
-        if why:
-            failed.append({"id": k.id, "why": "; ".join(why)})
-    return {"koans": len(koans), "verified": len(judged) - len(failed), "failed": failed, "skipped": skipped}
+                   use_cache=not args.no_cache, runs=args.runs)
 
 
 def cmd_verify(args) -> int:
-    from sleepy.koans.pack import find_leaks
+    from sleepy.koans.verify import print_report, verify
 
-    pack = _pack(args)
     sandbox = _sandbox(args)
-    report = verify_koans(pack.koans, sandbox)
-    for eval_id, train_id, sim in find_leaks(pack.koans):
-        report["failed"].append({"id": eval_id, "why": f"eval koan shares {sim:.0%} of its shape with train koan {train_id}"})
-    report["isolation"] = sandbox.isolation
+    koans = _pack(args, sandbox).koans
+    report = verify(koans, sandbox)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        for f in report["failed"]:
-            print(f"FAIL {f['id']}: {f['why']}")
-        for s in report["skipped"]:
-            print(f"SKIP {s['id']}: {s['why']}")
-        print(f"{report['verified']}/{report['koans']} koans verified, {len(report['failed'])} failed, "
-              f"{len(report['skipped'])} skipped (isolation: {sandbox.isolation})")
+        print_report(report)
+        _summary(koans, power=True)
     return 1 if report["failed"] else 0
 
 
@@ -178,10 +184,38 @@ def cmd_judge(args) -> int:
 
 def cmd_lock(args) -> int:
     from sleepy.koans import lock
+    from sleepy.koans.pack import load_pack
 
-    pack = _pack(args, check_lock=False)
+    pack = load_pack(None if args.pack in (None, "builtin") else args.pack, check_lock=False)
     n = lock.write(pack.koans, pack.root / lock.LOCK_FILE)
     print(f"froze {n} eval koans in {pack.root / lock.LOCK_FILE}")
+    return 0
+
+
+
+def cmd_forge(args) -> int:
+    from sleepy.koans import forge
+    from sleepy.koans.registry import load_one
+
+    if args.per_family is not None and args.per_family < 1:
+        raise ValueError(f"--per-family must be at least 1; got {args.per_family}")
+    sandbox = _sandbox(args)
+    source = load_one(args.source, sandbox)
+    stats = forge.make(args.out, source.koans, sandbox, args.seed, args.per_family or forge.PER_FAMILY, source.name)
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return 0
+    print(f"{'mutation':22} {'family':16} {'sites':>6} {'compiles':>8} {'other':>6} {'same':>6} {'cap':>5} {'kept':>5}")
+    for name, m in stats["mutations"].items():
+        print(f"{name:22} {m['family']:16} {m['sites']:6} {m['compiles']:8} {m['wrong_family']:6} "
+              f"{m['same_signature']:6} {m['over_cap']:5} {m['kept']:5}")
+    print("(compiles: the mutant compiled; other: it failed with codes of another family; same: a kept mutant of its "
+          "source had its mutation and error signature; cap: over --per-family)")
+    for key, n in stats["by_family_split"].items():
+        print(f"  {key:28} {n:5}")
+    print(f"{stats['koans']} koans from {stats['sources_passing']} source koans ({stats['distinct_mutants']} distinct "
+          f"mutants judged) in {stats['seconds']:.0f} s: {stats['koans_per_minute']:.0f} koans/min; "
+          f"written to {args.out} (check with: sleepy-koans verify --pack {args.out})")
     return 0
 
 

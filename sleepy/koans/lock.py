@@ -12,14 +12,16 @@ HEADER = ("# sleepy eval lock: sha256 of every eval koan's content. The eval spl
           "# with `sleepy-koans lock`.\n")
 
 
-def render(koans: list[Koan]) -> str:
+def render(koans: list[Koan], note: str = "") -> str:
     lines = sorted(f"{k.content_hash()}  {k.id}" for k in koans if k.split == "eval")
-    return HEADER + "\n".join(lines) + "\n"
+    noted = "".join(f"# {line}\n" for line in note.splitlines())
+    return HEADER + noted + "\n".join(lines) + "\n"
 
 
-def write(koans: list[Koan], path: Path) -> int:
-    """Write the lock for the eval koans; returns how many it holds."""
-    path.write_text(render(koans), encoding="utf-8")
+def write(koans: list[Koan], path: Path, note: str = "") -> int:
+    """Write the lock for the eval koans (`note`: comment lines saying what they were made from); returns how
+    many it holds."""
+    path.write_text(render(koans, note), encoding="utf-8")
     return sum(k.split == "eval" for k in koans)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -9,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 SPLITS = ("train", "eval")
+CHECK_MODE = "check mode: compiles, no tests"  # what a pass of a check-mode koan means, wherever one is shown
 
 
 class KoanError(Exception):
@@ -30,11 +32,22 @@ class Koan:
     clippy: bool = False  # judged with clippy -D warnings
     check_unsolved: bool = True  # the broken code must fail (rustlings' skip_check_unsolved = false)
     source: str = ""  # the file it was loaded from, for error messages
+    # Whole-file koans (a rustlings exercise whose TODO is inside its tests): the fix keeps its own test
+    # module, which must still hold these tests and pass them; `tests` are the solution's, judged too
+    # and never shown in the prompt.
+    required: tuple[str, ...] = ()
+    origin: str = ""  # a forged koan: the id of the koan whose solution was mutated
+    mutation: str = ""  # a forged koan: the mutation that broke it
+    pack: str = ""  # the name of the pack it was loaded from, for per-pack results
 
     def content_hash(self) -> str:
         """sha256 of everything that defines the koan (not where it was loaded from)."""
         fields = asdict(self)
         fields.pop("source")
+        fields.pop("pack")
+        for key in ("required", "origin", "mutation"):  # absent from koans written before they existed:
+            if not fields[key]:  # their hashes stay
+                fields.pop(key)
         blob = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -42,12 +55,27 @@ class Koan:
         """What the sandbox judges: `code` (default: the broken code) with this koan's tests, mode and lints."""
         from sleepy.sandbox import Program
 
-        return Program(self.code if code is None else code, self.tests, self.mode, self.clippy)
+        return Program(self.code if code is None else code, self.tests, self.mode, self.clippy, self.required,
+                       api(self.solution), self.solution if self.mode == "run" else "")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["expected_errors"] = list(self.expected_errors)
         return d
+
+
+def check_mode(koans) -> bool:
+    """The koans are judged in check mode (compiled only: no tests), all of them."""
+    koans = list(koans)
+    return bool(koans) and all(k.mode == "check" for k in koans)
+
+
+@functools.lru_cache(maxsize=4096)
+def api(solution: str):
+    """What a koan's solution gives its tests (its names, traits and std imports): all a fix may give them."""
+    from sleepy.sandbox.harness import Api
+
+    return Api.of(solution)
 
 
 def wrap_tests(tests: str) -> str:
@@ -82,14 +110,17 @@ def shape_tokens(code: str) -> list[str]:
 
 def shape_similarity(a: str, b: str, n: int = 8) -> float:
     """Share of the smaller program's token n-grams (by shape) that also occur in the other."""
-    ga, gb = (_ngrams(shape_tokens(x), n) for x in (a, b))
+    ga, gb = shape_grams(a, n), shape_grams(b, n)
     if not ga or not gb:
         return 0.0
     return len(ga & gb) / min(len(ga), len(gb))
 
 
-def _ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+@functools.lru_cache(maxsize=8192)
+def shape_grams(code: str, n: int = 8) -> frozenset[tuple[str, ...]]:
+    """The token n-grams of a program's shape (see `shape_tokens`)."""
+    tokens = shape_tokens(code)
+    return frozenset(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
 
 
 def read_utf8(path: Path) -> str:

@@ -1,28 +1,41 @@
-"""Load a rustlings-format checkout (info.toml, exercises/, solutions/) as a koan pack."""
+"""Load a rustlings-format checkout (info.toml, exercises/, solutions/) as a koan pack.
+
+An exercise's `#[cfg(test)]` module is usually the same in the exercise and its solution: the
+koan's code is the exercise without it, and the judge appends the module to every fix. Where the
+solution's module differs, the TODO is inside the tests (the learner edits them, as rustlings asks):
+the koan is judged on the whole fixed file, as rustlings does, and every test of the solution's module
+must still be there, run and pass, so deleting the tests does not pass. The prompt then shows the
+exercise's own file, never the solution's tests.
+"""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from sleepy.koans.model import Koan, KoanError, read_utf8, relpath
+from sleepy.rust_source import RustSourceError, split_module, test_functions, tokens
 
-_TEST_MODULE = re.compile(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{")
 _EXERCISE_KEYS = {"name", "dir", "test", "hint", "skip_check_unsolved", "strict_clippy"}
+INFO = ("info.toml", "rustlings-macros/info.toml")  # a course checkout, or the rustlings repository itself
+
+
+def info_path(root: Path) -> Path | None:
+    """The info.toml of a rustlings checkout at root, or None when root is not one."""
+    return next((root / p for p in INFO if (root / p).is_file()), None)
 
 
 def load_rustlings(root: Path):
     from sleepy.koans.pack import Pack, read_toml
 
-    info_path = root / "info.toml"
-    info = read_toml(info_path)
+    info_file = info_path(root)
+    info = read_toml(info_file)
     exercises = info.get("exercises")
     if not isinstance(exercises, list) or not exercises:
-        raise KoanError(f"{relpath(info_path)}: holds no [[exercises]]")
+        raise KoanError(f"{relpath(info_file)}: holds no [[exercises]]")
     koans: list[Koan] = []
     seen: set[str] = set()
     for n, ex in enumerate(exercises, 1):
-        where = f"{relpath(info_path)}: exercise #{n}"
+        where = f"{relpath(info_file)}: exercise #{n}"
         if not isinstance(ex, dict) or not isinstance(ex.get("name"), str):
             raise KoanError(f"{where}: missing field 'name'")
         unknown = sorted(set(ex) - _EXERCISE_KEYS)
@@ -34,54 +47,42 @@ def load_rustlings(root: Path):
             raise KoanError(f"{where}: duplicate exercise name '{name}'")
         seen.add(name)
         rel = Path(sub, f"{name}.rs")
-        exercise = read_utf8(root / "exercises" / rel)
-        solution = read_utf8(root / "solutions" / rel)
-        code, tests = split_tests(exercise)
-        fixed, _ = split_tests(solution)
-        run_tests = bool(ex.get("test", True))
-        koans.append(Koan(
-            id=name, family=sub or "exercises", split="train", title=f"rustlings {sub + '/' if sub else ''}{name}",
-            code=code, solution=fixed, tests=tests if run_tests else "",
-            hint=str(ex.get("hint", "")).strip(), mode="test" if run_tests else "run",
-            clippy=bool(ex.get("strict_clippy", False)),
-            check_unsolved=not ex.get("skip_check_unsolved", False),
-            source=relpath(root / "exercises" / rel),
-        ))
+        koans.append(_koan(ex, name, sub, root / "exercises" / rel, root / "solutions" / rel))
     families = {k.family: f"rustlings {k.family}" for k in koans}
     return Pack(str(info.get("name", root.name)), root, koans, families)
 
 
-def split_tests(source: str, name: str = r"\w+") -> tuple[str, str]:
+def _koan(ex: dict, name: str, sub: str, exercise_path: Path, solution_path: Path) -> Koan:
+    exercise, solution = read_utf8(exercise_path), read_utf8(solution_path)
+    run_tests = bool(ex.get("test", True))
+    common = dict(id=name, family=sub or "exercises", split="train",
+                  title=f"rustlings {sub + '/' if sub else ''}{name}", hint=str(ex.get("hint", "")).strip(),
+                  clippy=bool(ex.get("strict_clippy", False)), check_unsolved=not ex.get("skip_check_unsolved", False),
+                  source=relpath(exercise_path))
+    try:
+        code, tests = split_module(exercise)
+        fixed, solution_tests = split_module(solution)
+    except RustSourceError as e:
+        raise KoanError(f"{relpath(exercise_path)}: cannot read its test module ({e})") from None
+    if not run_tests:
+        return Koan(code=exercise, solution=solution, tests="", mode="run", **common)
+    if _same(tests, solution_tests):
+        return Koan(code=code, solution=fixed, tests=tests, mode="test", **common)
+    required = tuple(t.name for t in test_functions(solution_tests))
+    if not required:
+        raise KoanError(f"{relpath(solution_path)}: the solution's test module holds no #[test] function")
+    return Koan(code=exercise, solution=solution, tests=solution_tests, mode="test", required=required, **common)
+
+
+def _same(a: str, b: str) -> bool:
+    """Two test modules are the same program (comments and layout aside)."""
+    return [t.text for t in tokens(a)] == [t.text for t in tokens(b)]
+
+
+def split_tests(source: str, name: str | None = None) -> tuple[str, str]:
     """Split `#[cfg(test)] mod <name> { ... }` out of a source file: (code without it, the module)."""
-    m = re.compile(_TEST_MODULE.pattern.replace(r"\w+", name)).search(source)
-    if not m:
-        return source, ""
-    end = _matching_brace(source, m.end() - 1)
-    return source[:m.start()].rstrip() + "\n" + source[end + 1:], source[m.start():end + 1] + "\n"
+    try:
+        return split_module(source, name)
+    except RustSourceError as e:
+        raise KoanError(f"cannot read the #[cfg(test)] module: {e}") from None
 
-
-def _matching_brace(s: str, open_at: int) -> int:
-    """Index of the brace closing s[open_at], skipping comments, strings and char literals."""
-    depth, i = 0, open_at
-    while i < len(s):
-        c = s[i]
-        if s.startswith("//", i):
-            i = s.find("\n", i)
-            if i < 0:
-                break
-        elif s.startswith("/*", i):
-            i = s.find("*/", i) + 1
-        elif c == '"':
-            i += 1
-            while i < len(s) and s[i] != '"':
-                i += 2 if s[i] == "\\" else 1
-        elif c == "'" and re.match(r"'(\\.|[^\\'])'", s[i:i + 4]):
-            i = s.find("'", i + 2)
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    raise KoanError("unbalanced braces in the #[cfg(test)] module")

@@ -1,4 +1,5 @@
-"""Model backends behind one interface (see base.py): litellm (served), hf (in process), tiny (offline)."""
+"""Model backends behind one interface (see base.py): litellm (served), hf (in process), tiny (offline),
+llamacpp (a GGUF model on a llama.cpp server sleepy manages)."""
 
 from sleepy.models.base import Backend, Generation, ModelLoadError, SamplingParams
 
@@ -6,7 +7,7 @@ __all__ = ["Backend", "Generation", "ModelLoadError", "SamplingParams", "make_ba
 
 
 def make_backend(model, seed: int = 0) -> Backend:
-    """The backend a `model` config names (model.backend: litellm | hf | tiny)."""
+    """The backend a `model` config names (model.backend: litellm | hf | tiny | llamacpp)."""
     if model.backend == "litellm":
         from sleepy.models.litellm_backend import LiteLLMBackend
 
@@ -23,4 +24,12 @@ def make_backend(model, seed: int = 0) -> Backend:
         from sleepy.models.tiny import tiny_backend
 
         return tiny_backend(seed=seed, batch_size=model.batch_size)
-    raise ValueError(f"model.backend must be one of litellm, hf, tiny; got {model.backend!r}")
+    if model.backend == "llamacpp":
+        from sleepy.models.llamacpp import LlamaCppBackend, hydra_log_dir
+
+        return LlamaCppBackend(model.name, model.gguf, model.api_base, threads=model.threads,
+                               threads_batch=model.threads_batch, n_ctx=model.n_ctx, concurrency=model.concurrency,
+                               timeout_s=model.timeout_s, retries=model.retries, cache_dir=model.cache_dir,
+                               path=model.path, dtype="bfloat16" if model.dtype == "auto" else model.dtype,
+                               log_dir=hydra_log_dir(), api_key=model.api_key)
+    raise ValueError(f"model.backend must be one of litellm, hf, tiny, llamacpp; got {model.backend!r}")

@@ -27,6 +27,8 @@ PERMANENT = ("AuthenticationError", "BadRequestError", "NotFoundError", "Permiss
 class LiteLLMBackend:
     """generate() over a served model; `provider` is openai, ollama or vllm."""
 
+    extra_body: dict | None = None  # server-specific request fields (a subclass's decoding defaults)
+
     def __init__(self, name: str, provider: str, api_base: str | None = None, api_key: str | None = None,
                  concurrency: int = 8, timeout_s: float = 120.0, retries: int = 3, backoff_s: float = 0.5,
                  cache_dir: str | None = None, path: str | None = None):
@@ -81,7 +83,7 @@ class LiteLLMBackend:
                  adapter: str | None = None) -> list[Generation]:
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
-        if adapter is not None and self.provider != "vllm":
+        if adapter is not None and not self.serves_adapters:
             raise ValueError(f"the {self.provider} backend serves no LoRA adapters (asked for '{adapter}')")
         return asyncio.run(self._generate_all(prompts, params, adapter))
 
@@ -117,7 +119,8 @@ class LiteLLMBackend:
                 r = await litellm.acompletion(
                     model=model, messages=messages, api_base=self.api_base, api_key=self.api_key or "none",
                     temperature=params.temperature, max_tokens=params.max_tokens, top_p=params.top_p,
-                    seed=params.seed, timeout=self.timeout_s, num_retries=0)
+                    seed=params.seed, timeout=self.timeout_s, num_retries=0,
+                    **({"extra_body": self.extra_body} if self.extra_body else {}))
                 text = r.choices[0].message.content
                 if not isinstance(text, str):
                     raise ValueError("reply holds no text")

@@ -1,40 +1,92 @@
-"""How programs are isolated: bubblewrap, else a network namespace, else nothing (loudly).
+"""How a step (compile or run) is isolated: bubblewrap, else a network namespace, else nothing (loudly).
 
 Levels, strongest first:
-- `bwrap`: read-only root, private size-limited /tmp, only the work dir writable (compile step)
-  or nothing on disk writable (run step), no network, new pid namespace and session, dies with
-  the judge.
+- `bwrap`: a new mount, pid, ipc and uts namespace holding a minimal view of the machine (and no
+  network: a seccomp filter refuses every socket, else an empty network namespace):
+  the toolchain (at /toolchain, compile step only), /usr with the system libraries, the two /etc
+  files linking needs, a size-capped /tmp, a read-only /dev, /proc for the compiler only, and the
+  work dir (writable, compile step) or the binary (read-only and execute-only, run step). Nothing of
+  /root, /home, the repository or the caches. The step runs under an identity of its own with no
+  capabilities: as root, a uid leased from the machine-wide pool (`uids.py`); as a user, that user
+  in a new user namespace, where the process limit counts only this judgement's processes. When the
+  step ends, its pid namespace ends, and every process in it with it.
 - `netns`: `unshare` into new network and pid namespaces; the file system is not protected.
 - `none`: limits and process-group kill only.
-
-When the judge runs as root, compiled programs run as an unprivileged uid of their own (one per
-concurrent slot), so the process limit applies and every leftover process can be found and killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import warnings
 
 log = logging.getLogger(__name__)
 
 LEVELS = ("bwrap", "netns", "none")
-SANDBOX_UID_BASE = 61000
+TOOLCHAIN = "/toolchain"  # where the compile step sees the toolchain's sysroot
+WORK = "/work"  # where the compile step sees its work dir
+ETC = ("/etc/ld.so.cache", "/etc/alternatives")  # what the compiler driver and the loader read in /etc
 
 
-def sandbox_uid(slot: int) -> int | None:
-    """The uid a run step uses in slot `slot`, or None when the judge cannot change uid."""
-    return SANDBOX_UID_BASE + slot if os.geteuid() == 0 else None
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def sandbox_paths(level: str, workdir: str, sysroot: str) -> tuple[str, str]:
+    """(work dir, sysroot) as the compile step sees them."""
+    return (WORK, TOOLCHAIN) if level == "bwrap" else (workdir, sysroot)
+
+
+def wrap(level: str, argv: list[str], *, step: str, workdir: str, sysroot: str = "", binary: str = "",
+         uid: int | None = None, limits: list[str] = (), tmp_mb: int = 64, seccomp_fd: int | None = None) -> list[str]:
+    """The command that runs argv (paths as the step sees them) isolated at `level`.
+
+    step="compile": the work dir is writable and the cwd. step="run": argv[0] is the binary, shown
+    read-only at /tmp/<name> in a private, size-capped /tmp that is the cwd.
+    limits: a `prlimit` prefix, applied inside the namespaces so that the process limit counts only
+    this step's processes. uid: as root, the leased uid the step runs as. seccomp_fd: the step's compiled
+    filter (bwrap only; `seccomp.py`), which also keeps it off the network."""
+    if level == "bwrap":
+        view = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--perms", "0755", "--dir", "/etc"]
+        for path in ETC:
+            if os.path.exists(path):
+                view += ["--ro-bind", path, path]
+        view += ["--dev", "/dev", "--remount-ro", "/dev", "--size", str(tmp_mb * 1024 * 1024), "--perms", "1777",
+                 "--tmpfs", "/tmp"]
+        if step == "compile":
+            view += ["--proc", "/proc", "--ro-bind", sysroot, TOOLCHAIN, "--bind", workdir, WORK, "--chdir", WORK]
+        else:
+            inner = "/tmp/" + os.path.basename(binary)
+            view += ["--ro-bind", binary, inner, "--chdir", "/tmp"]
+        spaces = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+        # no network: the seccomp filter refuses every socket; without one, an empty network namespace
+        spaces += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else ["--unshare-net"]
+        if uid is None:  # a user: a user namespace of its own, in which the process limit counts only this step
+            spaces.append("--unshare-user")
+            drop = []
+        else:  # root: bwrap sets up the view, then the step drops to the leased uid with no capabilities
+            drop = [shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        bwrap = shutil.which("bwrap") or "bwrap"
+        return [bwrap, *view, *spaces, "--die-with-parent", "--new-session", "--", *drop, *limits, *argv]
+    if level == "netns":
+        args = [shutil.which("unshare") or "unshare"]
+        if (uid if uid is not None else os.geteuid()) != 0:
+            args.append("--map-root-user")
+        return [*limits, *args, "--net", "--pid", "--fork", "--kill-child", "--", *argv]
+    return [*limits, *argv]
 
 
 def _works(argv: list[str], user: int | None = None) -> bool:
     try:
-        r = subprocess.run(argv, capture_output=True, timeout=10, user=user, group=user, extra_groups=[]
-                           if user is not None else None)
+        r = subprocess.run(argv, capture_output=True, timeout=20, user=user, group=user,
+                           extra_groups=[] if user is not None else None)
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0
@@ -43,52 +95,25 @@ def _works(argv: list[str], user: int | None = None) -> bool:
 @functools.cache
 def detect(requested: str = "auto") -> str:
     """The strongest isolation level that works here (or the requested one, if it works)."""
-    candidates = LEVELS if requested == "auto" else (requested,)
+    from sleepy.sandbox import uids
+
     if requested not in ("auto", *LEVELS):
         raise ValueError(f"sandbox isolation must be one of auto, {', '.join(LEVELS)}; got {requested!r}")
+    candidates = LEVELS if requested == "auto" else (requested,)
     true = shutil.which("true") or "/bin/true"
     for level in candidates:
         if level == "none":
             break
-        probes = [wrap(level, [true], workdir="/", writable=False, user=None)]
-        uid = sandbox_uid(0)
-        if uid is not None:
-            probes.append(wrap(level, [true], workdir="/", writable=False, user=uid))
-        if all(_works(p, user=(None if i == 0 else uid)) for i, p in enumerate(probes)):
-            return level
+        with tempfile.TemporaryDirectory() as d, (uids.lease() if is_root() else contextlib.nullcontext()) as uid:
+            if uid is not None and level == "netns":
+                os.chown(d, uid, uid)
+            probe = wrap(level, [true], step="compile", workdir=d, sysroot=d, uid=uid if level == "bwrap" else None)
+            if _works(probe, user=uid if level != "bwrap" else None):
+                return level
         if requested != "auto":
             raise RuntimeError(f"sandbox isolation {level!r} was requested but does not work on this machine")
-    msg = (
-        "sleepy sandbox: NO ISOLATION. Neither bubblewrap nor network namespaces work here, so "
-        "LLM-written programs run with your permissions and network access. Install bubblewrap."
-    )
+    msg = ("sleepy sandbox: NO ISOLATION. Neither bubblewrap nor network namespaces work here, so "
+           "LLM-written programs run with your permissions and network access. Install bubblewrap.")
     warnings.warn(msg, RuntimeWarning, stacklevel=2)
     log.warning(msg)
     return "none"
-
-
-def wrap(level: str, argv: list[str], *, workdir: str, writable: bool, user: int | None,
-         tmp_mb: int = 64) -> list[str]:
-    """Wrap argv for the isolation level.
-
-    writable=True (compile): workdir is bound read-write at its own path and is the cwd.
-    writable=False (run): nothing on disk is writable; cwd is a private, size-limited /tmp, and the
-    file named argv[0] is bound read-only inside it.
-    """
-    if level == "bwrap":
-        args = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                "--size", str(tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
-        if writable:
-            args += ["--bind", workdir, workdir, "--chdir", workdir]
-        else:
-            inner = "/tmp/" + os.path.basename(argv[0])
-            args += ["--ro-bind", argv[0], inner, "--chdir", "/tmp"]
-            argv = [inner, *argv[1:]]
-        args += ["--unshare-all", "--die-with-parent", "--new-session", "--"]
-        return args + argv
-    if level == "netns":
-        args = [shutil.which("unshare") or "unshare"]
-        if (user if user is not None else os.geteuid()) != 0:
-            args.append("--map-root-user")
-        return args + ["--net", "--pid", "--fork", "--kill-child", "--"] + argv
-    return argv

@@ -1,13 +1,19 @@
-"""Sandbox.judge(program) -> Verdict: compile with rustc directly, run the tests, in isolation.
+"""Sandbox.judge(program) -> Verdict: compile with rustc directly, run the koan's tests, in isolation.
 
-A test-mode program is built once with `rustc --test` (a failing build stops at analysis, so a
-separate `--emit=metadata` check would only add a compiler start to every passing program) and
-its test binary is run. A run-mode program is built as a binary and its `main` must exit 0. A
-check-mode program is only type-checked. Verdicts are cached on disk by content hash.
+The crate that is compiled is written by `harness.py` (the fix included, the koan's tests wrapped so
+that a pass must be earned). A test-mode program is built once with `rustc --test` and its test
+binary run `sandbox.runs` times: a pass needs every run to show every test's token; runs that
+disagree mark the verdict `flaky`. A run-mode program must return from `main`. A check-mode program
+is only type-checked.
+
+Compile results are deterministic, so they are cached on disk (diagnostics, or the binary and what a
+run of it must print), keyed by the program, the rustc version, edition, flags and limits. Run
+outcomes are never cached: a flaky test is judged again every time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -17,34 +23,34 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sleepy.sandbox import isolation
-from sleepy.sandbox.process import Completed, Limits, kill_user_processes, run_limited
-from sleepy.sandbox.verdict import Verdict, parse_diagnostics
+from sleepy.sandbox import harness, isolation, seccomp, uids
+from sleepy.sandbox.process import Completed, Limits, kill_user_processes, prlimit_prefix, run_limited
+from sleepy.sandbox.verdict import Diagnostic, Verdict, parse_diagnostics
 
 MODES = ("check", "test", "run")
-CACHE_VERSION = "1"
-SOURCE = "koan.rs"
+CACHE_VERSION = "2"
 BINARY = "koan"
 KEPT_OUTPUT = 16 * 1024
+SHOWN_ROOT = "tests.rs"  # how diagnostics and panics name the crate root (its real name is random)
 
 
 @dataclass(frozen=True)
 class Program:
-    """A program to judge: code, the tests appended to it, how to judge it."""
+    """A program to judge: the code, the koan's tests judged with it, how to judge it."""
 
     code: str
-    tests: str = ""
+    tests: str = ""  # the koan's `#[cfg(test)] mod` (whole-file koans: the solution's); empty in run mode
     mode: str = "test"
     clippy: bool = False
-
-    @property
-    def source(self) -> str:
-        return f"{self.code.rstrip()}\n\n{self.tests.strip()}\n" if self.tests.strip() else self.code
+    required: tuple[str, ...] = ()  # whole-file koans: tests of the code's own test module that must pass
+    api: harness.Api | None = None  # what the koan's solution gives its tests (None: no koan)
+    reference: str = ""  # run mode: the solution, whose output the program must print
 
 
 @dataclass
@@ -75,6 +81,10 @@ def toolchain() -> tuple[str, str, str | None]:
     return rustc, version, str(clippy) if clippy.exists() else None
 
 
+def sysroot() -> str:
+    return str(Path(toolchain()[0]).parents[1])
+
+
 def default_jobs() -> int:
     """Cores + 2: each judgement spends part of its time starting processes and waiting on pipes,
     so two extra slots keep every core busy (measured in bench/bench_sandbox.py)."""
@@ -84,28 +94,44 @@ def default_jobs() -> int:
 def default_cache_dir() -> Path:
     from sleepy.cache import cache_root
 
-    return cache_root() / "verdicts"
+    return cache_root() / "compiled"
+
+
+@dataclass
+class _Compiled:
+    """A compile result as the cache keeps it."""
+
+    reason: str
+    diagnostics: list
+    output: str
+    compile_ms: float
+    meta: dict  # what a run must print (harness.Build.meta)
+    binary: Path | None = None  # the built program (test and run modes)
+    cached: bool = False
 
 
 class Sandbox:
-    """Judges Rust programs in isolation, in parallel, with a content-hash verdict cache."""
+    """Judges Rust programs in isolation, in parallel, with a cache of compile results."""
 
     def __init__(self, edition: str = "2024", isolation_level: str = "auto", jobs: int | None = None,
                  cache_dir: str | Path | None = None, use_cache: bool = True,
-                 limits: SandboxLimits | None = None):
+                 limits: SandboxLimits | None = None, runs: int = 1):
         self.edition = str(edition)
         self.limits = limits or SandboxLimits()
         self.jobs = max(1, jobs or default_jobs())
+        self.runs = max(1, int(runs))
         self.isolation = isolation.detect(isolation_level)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.use_cache = use_cache
+        self._expected: dict[str, str | None] = {}  # run mode: the solutions' output, by program
+        self._lock = threading.Lock()
         self._slots: queue.SimpleQueue[int] = queue.SimpleQueue()
         for slot in range(self.jobs):
             self._slots.put(slot)
 
     # -- public ---------------------------------------------------------------------------------
     def judge(self, code: str, tests: str = "", mode: str = "test", clippy: bool = False) -> Verdict:
-        """Judge one program: compile it with its tests appended, then run them."""
+        """Judge one program: compile it with the koan's tests, then run them."""
         return self.judge_program(Program(code, tests, mode, clippy))
 
     def judge_many(self, programs: list[Program]) -> list[Verdict]:
@@ -119,62 +145,77 @@ class Sandbox:
         if program.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {program.mode!r}")
         start = time.perf_counter()
-        key = self.cache_key(program)
-        if self.use_cache and (hit := self._cache_get(key)) is not None:
-            hit.cached = True
-            hit.wall_ms = (time.perf_counter() - start) * 1000
-            return hit
         slot = self._slots.get()
         try:
-            verdict = self._judge_uncached(program, slot)
+            with uids.lease() if isolation.is_root() else contextlib.nullcontext() as uid, \
+                    tempfile.TemporaryDirectory(prefix="sleepy-judge-") as workdir:
+                verdict = self._judge_in(program, workdir, uid)
         finally:
             self._slots.put(slot)
         verdict.wall_ms = (time.perf_counter() - start) * 1000
-        if self.use_cache and verdict.reason != "timeout":
-            self._cache_put(key, verdict)
         return verdict
 
     def cache_key(self, program: Program) -> str:
         _, version, _ = toolchain()
-        blob = json.dumps([CACHE_VERSION, version, self.edition, program.mode, program.clippy,
-                           program.code, program.tests, self.limits.__dict__], sort_keys=True)
+        lim = self.limits
+        blob = json.dumps([CACHE_VERSION, version, self.edition, program.mode, program.clippy, program.code,
+                           program.tests, list(program.required), program.api.key() if program.api else None,
+                           lim.compile_s, lim.compile_memory_mb, lim.file_size_mb, lim.output_kb], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # -- steps ----------------------------------------------------------------------------------
-    def _judge_uncached(self, program: Program, slot: int) -> Verdict:
-        workdir = tempfile.mkdtemp(prefix="sleepy-judge-")
-        try:
-            os.chmod(workdir, 0o755)
-            Path(workdir, SOURCE).write_text(program.source, encoding="utf-8")
-            built = self._compile(program, workdir)
-            diagnostics = parse_diagnostics(built.stderr)
-            compile_reason = self._compile_reason(built)
-            if compile_reason != "ok":
-                return Verdict(compiled=False, tests_passed=False, reason=compile_reason,
-                               isolation=self.isolation, diagnostics=diagnostics,
-                               output=_non_json(built.stderr)[-KEPT_OUTPUT:], compile_ms=built.wall_ms)
-            if program.mode == "check":
-                return Verdict(compiled=True, tests_passed=True, reason="ok", isolation=self.isolation,
-                               diagnostics=diagnostics, compile_ms=built.wall_ms)
-            ran = self._run(program, workdir, slot)
-            reason = _run_reason(ran, program.mode)
-            output = (ran.stdout + ran.stderr)[-KEPT_OUTPUT:]
-            return Verdict(compiled=True, tests_passed=reason == "ok", reason=reason, isolation=self.isolation,
-                           diagnostics=diagnostics, output=output, compile_ms=built.wall_ms,
-                           run_ms=ran.wall_ms)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+    def _judge_in(self, program: Program, workdir: str, uid: int | None) -> Verdict:
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        compiled = self._compiled(program, workdir, uid)
+        base = dict(isolation=self.isolation, diagnostics=compiled.diagnostics, compile_ms=compiled.compile_ms,
+                    cached=compiled.cached)
+        if compiled.reason != "ok":
+            return Verdict(compiled=False, tests_passed=False, reason=compiled.reason, output=compiled.output, **base)
+        if program.mode == "check":
+            return Verdict(compiled=True, tests_passed=True, reason="ok", **base)
+        expected = self._expected_output(program) if program.reference else None
+        runs = [self._run(program, compiled, workdir, uid, expected) for _ in range(self.runs)]
+        failed = next((r for r in runs if r[0] != "ok"), None)
+        reason, output, run_ms, _ = failed or runs[-1]
+        return Verdict(compiled=True, tests_passed=reason == "ok", reason=reason, output=output, run_ms=run_ms,
+                       flaky=len({r[0] == "ok" for r in runs}) > 1, **base)
 
-    def _compile(self, program: Program, workdir: str) -> Completed:
+    def _compiled(self, program: Program, workdir: str, uid: int | None) -> _Compiled:
+        key = self.cache_key(program)
+        if self.use_cache and (hit := self._cache_get(key)) is not None:
+            return hit
+        result = self._compile(program, workdir, uid)
+        if self.use_cache and result.reason != "timeout":
+            self._cache_put(key, result)
+        return result
+
+    def _compile(self, program: Program, workdir: str, uid: int | None) -> _Compiled:
+        from sleepy.rust_source import RustSourceError
+
+        try:
+            build = harness.build(program.code, program.tests, program.mode, program.required, program.api,
+                                  program.clippy)
+        except RustSourceError as e:  # only a whole-file fix's own test module can be unreadable
+            build = harness.Build({}, "", refused=f"cannot read the program's test module: {e}")
+        if build.refused:
+            refused = Diagnostic("error", f"refused: {build.refused}", "sleepy::refused",
+                                 f"error: refused: {build.refused}")
+            return _Compiled("compile_error", [refused], "", 0.0, {})
+        for name, text in build.files.items():
+            Path(workdir, name).write_text(text, encoding="utf-8")
         rustc, _, clippy = toolchain()
         compiler = rustc
         if program.clippy:
             if clippy is None:
                 raise RuntimeError("clippy-driver is not installed (rustup component add clippy)")
             compiler = clippy
-        args = [compiler, "--edition", self.edition, "--error-format=json", "-C", "debuginfo=0"]
+        work, root = isolation.sandbox_paths(self.isolation, workdir, sysroot())
+        compiler = str(Path(root) / "bin" / Path(compiler).name)
+        args = [compiler, "--sysroot", root, "--edition", self.edition, "--error-format=json", "-C", "debuginfo=0",
+                "-C", "strip=symbols"]
         if program.mode == "check":
-            args += ["--test"] if program.tests.strip() else ["--crate-type", "lib"]
+            args += ["--test"] if build.root != harness.SOURCE else ["--crate-type", "lib"]
             args += ["--emit=metadata", "-o", BINARY + ".rmeta"]
         elif program.mode == "test":
             args += ["--test", "-o", BINARY]
@@ -182,81 +223,194 @@ class Sandbox:
             args += ["--crate-type", "bin", "-o", BINARY]
         if program.clippy:
             args += ["-D", "warnings"]
-        args.append(SOURCE)
+        args.append(build.root)
         lim = self.limits
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": workdir, "TMPDIR": workdir, "LANG": "C"}
-        return run_limited(
-            isolation.wrap(self.isolation, args, workdir=workdir, writable=True, user=None, tmp_mb=lim.tmp_mb),
-            Limits(lim.compile_s, lim.compile_memory_mb, lim.file_size_mb * 16, lim.output_kb * 8),
-            cwd=workdir, env=env)
+        env = {"PATH": f"{root}/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C"}
+        limits = Limits(lim.compile_s, lim.compile_memory_mb, lim.file_size_mb * 16, lim.output_kb * 8)
+        bwrap = self.isolation == "bwrap"
+        with _filter(bwrap, processes=True) as filter_fd:
+            argv = isolation.wrap(self.isolation, args, step="compile", workdir=workdir, sysroot=sysroot(),
+                                  uid=uid if bwrap else None, limits=prlimit_prefix(limits), tmp_mb=lim.tmp_mb,
+                                  seccomp_fd=filter_fd)
+            done = run_limited(argv, limits, cwd=workdir, env=env, pass_fds=_fds(filter_fd))
+        reason = _compile_reason(done)
+        diagnostics = [_shown(d, build.root) for d in parse_diagnostics(done.stderr)]
+        output = _shown(_non_json(done.stderr), build.root)[-KEPT_OUTPUT:] if reason != "ok" else ""
+        binary = Path(workdir, BINARY) if reason == "ok" and program.mode != "check" else None
+        return _Compiled(reason, diagnostics, output, done.wall_ms, build.meta(), binary)
 
-    def _run(self, program: Program, workdir: str, slot: int) -> Completed:
+    def _expected_output(self, program: Program) -> str | None:
+        """What the koan's solution prints (run mode), judged once per sandbox; None when it fails or prints
+        something else each time (then only its return is checked)."""
+        reference = Program(program.reference, mode="run", clippy=program.clippy)
+        key = self.cache_key(reference)
+        with self._lock:
+            if key in self._expected:
+                return self._expected[key]
+        outputs = [self._stdout_of(reference) for _ in range(3)]
+        agree = None not in outputs and all(same_output(o, outputs[0]) for o in outputs)
+        expected = outputs[0] if agree else None
+        with self._lock:
+            self._expected[key] = expected
+        return expected
+
+    def _stdout_of(self, program: Program) -> str | None:
+        with uids.lease() if isolation.is_root() else contextlib.nullcontext() as uid, \
+                tempfile.TemporaryDirectory(prefix="sleepy-judge-") as workdir:
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+            compiled = self._compiled(program, workdir, uid)
+            if compiled.reason != "ok":
+                return None
+            reason, _, _, stdout = self._run(program, compiled, workdir, uid, None)
+            return stdout if reason == "ok" else None
+
+    def _run(self, program: Program, compiled: _Compiled, workdir: str, uid: int | None,
+             expected: str | None) -> tuple[str, str, float, str]:
+        """One run of the built program: (reason, output, run ms, its stdout without tokens)."""
         lim = self.limits
-        uid = isolation.sandbox_uid(slot)
         binary = os.path.join(workdir, BINARY)
-        argv = [binary, "--test-threads=1"] if program.mode == "test" else [binary]
+        if Path(binary) != compiled.binary:
+            shutil.copyfile(compiled.binary, binary)
+        os.chmod(binary, 0o111)  # executable, not readable: the program cannot read the tokens out of itself
+        argv = [binary]
+        if program.mode == "test":
+            argv += ["--test-threads=1", *compiled.meta["filters"]]
         cwd = workdir
-        if self.isolation != "bwrap":
-            cwd = os.path.join(workdir, "run")
+        if self.isolation == "bwrap":
+            argv[0] = "/tmp/" + BINARY
+        else:
+            cwd = os.path.join(workdir, f"run{time.monotonic_ns()}")
             os.mkdir(cwd)
             os.chmod(cwd, 0o777)
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C", "RUST_BACKTRACE": "0",
-               "MALLOC_ARENA_MAX": "2"}
-        try:
-            return run_limited(
-                isolation.wrap(self.isolation, argv, workdir=workdir, writable=False, user=uid, tmp_mb=lim.tmp_mb),
-                Limits(lim.run_s, lim.run_memory_mb, lim.file_size_mb, lim.output_kb, lim.processes),
-                cwd=cwd, env=env, user=uid)
-        finally:
-            if uid is not None:
-                kill_user_processes(uid)
-
-    @staticmethod
-    def _compile_reason(c: Completed) -> str:
-        if c.timed_out or c.signal in (signal.SIGXCPU, signal.SIGKILL):
-            return "timeout"
-        if c.output_exceeded:
-            return "output_limit"
-        if c.returncode == 0:
-            return "ok"
-        if "memory allocation of" in c.stderr or "out of memory" in c.stderr.lower():
-            return "memory"
-        return "compile_error"
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C", "RUST_BACKTRACE": "0", "MALLOC_ARENA_MAX": "2"}
+        limits = Limits(lim.run_s, lim.run_memory_mb, lim.file_size_mb, lim.output_kb, lim.processes)
+        bwrap = self.isolation == "bwrap"
+        with _filter(bwrap, processes=False) as filter_fd:
+            wrapped = isolation.wrap(self.isolation, argv, step="run", workdir=workdir, binary=binary,
+                                     uid=uid if bwrap else None, limits=prlimit_prefix(limits), tmp_mb=lim.tmp_mb,
+                                     seccomp_fd=filter_fd)
+            try:
+                done = run_limited(wrapped, limits, cwd=cwd, env=env, user=None if bwrap else uid,
+                                   pass_fds=_fds(filter_fd))
+            finally:
+                if uid is not None and self.isolation == "none":  # no pid namespace: the leased uid is this judgement's
+                    kill_user_processes(uid)
+        seen = harness.read_run(compiled.meta, done.stdout)
+        reason = _run_reason(done, program.mode, seen)
+        output = seen.output + done.stderr
+        if reason == "ok" and expected is not None and not same_output(seen.output, expected):
+            reason = "test_failure"
+            output = f"expected output:\n{expected.rstrip()}\n\nactual output:\n{seen.output.rstrip()}\n{done.stderr}"
+        if reason == "forged":
+            output += "\nsleepy: the output holds @sleepy tokens that no test wrote in its own report line\n"
+        return reason, _shown(output, compiled.meta.get("root", ""))[-KEPT_OUTPUT:], done.wall_ms, seen.output
 
     # -- cache ----------------------------------------------------------------------------------
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / key[:2] / f"{key}.json"
 
-    def _cache_get(self, key: str) -> Verdict | None:
+    def _cache_get(self, key: str) -> _Compiled | None:
+        from sleepy.sandbox.verdict import Diagnostic
+
+        path = self._cache_path(key)
         try:
-            return Verdict.from_dict(json.loads(self._cache_path(key).read_text()))
-        except (OSError, ValueError, TypeError):
+            d = json.loads(path.read_text())
+            binary = None
+            if d["binary"]:
+                binary = path.parent / d["binary"]
+                if not binary.exists():
+                    return None
+            return _Compiled(d["reason"], [Diagnostic(**x) for x in d["diagnostics"]], d["output"], d["compile_ms"],
+                             d["meta"], binary, cached=True)
+        except (OSError, ValueError, TypeError, KeyError):
             return None
 
-    def _cache_put(self, key: str, verdict: Verdict) -> None:
+    def _cache_put(self, key: str, c: _Compiled) -> None:
+        from dataclasses import asdict
+
         path = self._cache_path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.{id(verdict)}.tmp")
-            tmp.write_text(json.dumps(verdict.to_dict()))
-            os.replace(tmp, path)
+            tmp = f".{os.getpid()}.{time.monotonic_ns()}.tmp"
+            binary = None
+            if c.binary is not None:  # named for its build, so a concurrent build's record never points at it
+                binary = f"{path.stem}.{Path(c.meta['root']).stem}.bin"
+                shutil.copyfile(c.binary, path.with_suffix(tmp))
+                os.replace(path.with_suffix(tmp), path.parent / binary)
+            record = {"reason": c.reason, "diagnostics": [asdict(x) for x in c.diagnostics], "output": c.output,
+                      "compile_ms": c.compile_ms, "meta": c.meta, "binary": binary}
+            path.with_suffix(tmp).write_text(json.dumps(record))
+            os.replace(path.with_suffix(tmp), path)
         except OSError:
             pass
 
 
-def _run_reason(r: Completed, mode: str) -> str:
-    if r.timed_out or r.signal in (signal.SIGXCPU,):
+def _compile_reason(c: Completed) -> str:
+    if c.timed_out:
+        return "timeout"
+    if c.output_exceeded:
+        return "output_limit"
+    if c.signal in (signal.SIGXCPU, signal.SIGKILL):
+        return "timeout"
+    if c.returncode == 0:
+        return "ok"
+    if "memory allocation of" in c.stderr or "out of memory" in c.stderr.lower():
+        return "memory"
+    return "compile_error"
+
+
+def _run_reason(r: Completed, mode: str, seen: harness.Outcome) -> str:
+    if r.timed_out:
         return "timeout"
     if r.output_exceeded or r.signal == signal.SIGXFSZ:
         return "output_limit"
-    if r.returncode == 0:
-        return "ok"
+    if r.signal in (signal.SIGXCPU, signal.SIGKILL):  # a kill from outside the judgement counts as a timeout
+        return "timeout"
     if "memory allocation of" in r.stderr or "memory allocation of" in r.stdout:
         return "memory"
+    if seen.forged:
+        return "forged"
+    complete = seen.marker_seen if mode == "run" else not seen.missing
+    if r.returncode == 0:
+        return "ok" if complete else "incomplete"
     if mode == "test" and r.returncode == 101 and "test result: FAILED" in r.stdout:
         return "test_failure"
     return "runtime_error"
 
 
+@contextlib.contextmanager
+def _filter(bwrap: bool, processes: bool):
+    """A pipe holding the step's seccomp filter (None where there is no bubblewrap or no filter for this machine)."""
+    if not (bwrap and seccomp.available()):
+        yield None
+        return
+    fd = seccomp.pipe_with(seccomp.program(processes))
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _fds(fd: int | None) -> tuple[int, ...]:
+    return () if fd is None else (fd,)
+
+
+def same_output(a: str, b: str) -> bool:
+    """Two programs printed the same lines (threads may print them in another order)."""
+    return sorted(a.rstrip().splitlines()) == sorted(b.rstrip().splitlines())
+
+
 def _non_json(stderr: str) -> str:
     return "\n".join(line for line in stderr.splitlines() if not line.startswith("{"))
+
+
+def _shown(x, root: str):
+    """A diagnostic or text with the crate root's random file name replaced by a fixed one."""
+    from dataclasses import replace
+
+    if not root or root == harness.SOURCE:
+        return x
+    if isinstance(x, str):
+        return x.replace(root, SHOWN_ROOT)
+    return replace(x, message=x.message.replace(root, SHOWN_ROOT), rendered=x.rendered.replace(root, SHOWN_ROOT))

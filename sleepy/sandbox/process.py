@@ -1,8 +1,10 @@
 """Run one command under limits: wall time, CPU, memory, processes, file size, captured output.
 
 The command starts in its own process group; on timeout or output overflow the whole group is
-killed. Limits are applied by util-linux `prlimit` (no Python code runs between fork and exec,
-so this is safe from the judging threads).
+killed. Resource limits are applied by util-linux `prlimit` (`prlimit_prefix`), which the caller puts
+where the limits must start: inside the sandbox's namespaces, so that the process limit counts only
+the judged program's processes. No Python code runs between fork and exec, so this is safe from the
+judging threads.
 """
 
 from __future__ import annotations
@@ -67,12 +69,13 @@ def run_limited(
     cwd: str,
     env: dict[str, str],
     user: int | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Completed:
-    """Run argv under limits, capturing at most limits.output_kb of stdout and of stderr."""
+    """Run argv (which applies its own resource limits) under the wall-time and output limits."""
     cap = limits.output_kb * 1024
     start = time.perf_counter()
     proc = subprocess.Popen(
-        prlimit_prefix(limits) + argv,
+        argv,
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -83,6 +86,7 @@ def run_limited(
         group=user,
         extra_groups=[] if user is not None else None,
         close_fds=True,
+        pass_fds=pass_fds,
     )
     bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
     sel = selectors.DefaultSelector()

@@ -6,7 +6,8 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
-REASONS = ("ok", "compile_error", "test_failure", "runtime_error", "timeout", "memory", "output_limit")
+REASONS = ("ok", "compile_error", "test_failure", "runtime_error", "timeout", "memory", "output_limit", "incomplete",
+           "forged")
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,11 @@ class Diagnostic:
 
 @dataclass
 class Verdict:
-    """The judgement of one program: did it compile, did its tests pass, and why not."""
+    """The judgement of one program: did it compile, did its tests pass, and why not.
+
+    reason `incomplete`: the program exited 0 but not every test of the koan was seen to pass (or, in
+    run mode, `main` did not return): it ended early. `forged`: it printed tokens no test wrote in its own
+    report line (tokens it found or made up)."""
 
     compiled: bool
     tests_passed: bool
@@ -35,7 +40,8 @@ class Verdict:
     compile_ms: float = 0.0
     run_ms: float = 0.0
     wall_ms: float = 0.0
-    cached: bool = False
+    cached: bool = False  # the compile result came from the cache (run outcomes are never cached)
+    flaky: bool = False  # repeated runs (sandbox.runs > 1) disagreed
 
     @property
     def passed(self) -> bool:
