@@ -10,12 +10,12 @@ interrupted stage keeps every koan it finished.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sleepy.config import AgentConfig
 from sleepy.episodes import Episode
 from sleepy.koans.model import Koan
-from sleepy.models.base import Generation, SamplingParams, sample_seed
+from sleepy.models.base import Generation, ModelServerError, SamplingParams, sample_seed
 from sleepy.prompt import chat, describe, extract_fix, user_prompt
 from sleepy.sandbox import Verdict
 
@@ -58,6 +58,7 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
     chains = [Chain(k, s, k.code, v, adapter=router(v) if router else ctx.adapter)
               for k, v in zip(koans, first, strict=True) for s in range(settings.samples)]
     pending = {k.id: settings.samples for k in koans}
+    calls = ModelCalls(backend, ctx, settings.max_model_error_rate)
     for attempt in range(1, settings.max_attempts + 1):
         active = [c for c in chains if not c.done]
         if not active:
@@ -67,7 +68,9 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
                                     c.history if settings.history else ())) for c in active]
         params = [SamplingParams(settings.temperature, settings.max_tokens,
                                  seed=sample_seed(ctx.seed, c.koan.id, c.sample, attempt)) for c in active]
-        gens = _generate(backend, prompts, params, [c.adapter for c in active])
+        gens = [_capped(g, settings.max_reply_chars) for g in _generate(backend, prompts, params,
+                                                                         [c.adapter for c in active])]
+        calls.count(gens)
         fixes = [extract_fix(g.text) if g.error is None else "" for g in gens]
         judged = [i for i, g in enumerate(gens) if g.error is None]
         verdicts = dict(zip(judged, sandbox.judge_many(
@@ -87,6 +90,38 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
                 chain.code, chain.verdict = fixes[i], v
         if on_round:
             on_round(attempt, len(active))
+        calls.check()  # after the round's finished koans are handed over: a stop keeps them
+
+
+class ModelCalls:
+    """A stage's model calls and failures; check() stops the stage above the failure rate it allows."""
+
+    def __init__(self, backend, ctx: StageContext, max_error_rate: float):
+        self.server = getattr(backend, "api_base", None) or getattr(backend, "name", "the model")
+        self.ctx, self.max_error_rate = ctx, max_error_rate
+        self.calls = self.errors = 0
+        self.first = ""
+
+    def count(self, gens: list[Generation]) -> None:
+        self.calls += len(gens)
+        for g in gens:
+            if g.error is not None:
+                self.errors += 1
+                self.first = self.first or g.error
+
+    def check(self) -> None:
+        if self.errors > self.max_error_rate * self.calls:
+            raise ModelServerError(
+                f"the model server {self.server} failed {self.errors} of {self.calls} calls in {self.ctx.stage} "
+                f"cycle {self.ctx.cycle} (first: {self.first[:200]}); more than agent.max_model_error_rate="
+                f"{self.max_error_rate:g}, so the stage stopped")
+
+
+def _capped(gen: Generation, limit: int) -> Generation:
+    """A reply of at most `limit` characters; a longer one is cut and marked truncated."""
+    if len(gen.text) <= limit:
+        return gen
+    return replace(gen, text=gen.text[:limit], truncated=True)
 
 
 def _generate(backend, prompts: list, params: list[SamplingParams], adapters: list[str | None]) -> list[Generation]:
@@ -106,8 +141,9 @@ def _episode(ctx: StageContext, chain: Chain, attempt: int, prompt, gen: Generat
     return Episode(
         run_id=ctx.run_id, experiment=ctx.experiment, cycle=ctx.cycle, stage=ctx.stage, koan_id=k.id,
         family=k.family, split=k.split, attempt=attempt, model=ctx.model, adapter=chain.adapter or "",
-        sample=chain.sample, prompt=prompt[-1]["content"], response=gen.text, code=code, compiled=v.compiled,
+        sample=chain.sample, prompt=prompt[-1]["content"], response=gen.text, truncated=gen.truncated, code=code,
+        compiled=v.compiled,
         tests_passed=v.tests_passed, passed=v.passed, reason=v.reason, flaky=v.flaky, error_codes=v.error_codes,
-        signature=v.signature if v.reason != "model_error" else f"model_error: {(gen.error or '')[:80]}",
+        signature=v.signature if v.reason != "model_error" else f"model_error: {(gen.error or '')[:300]}",
         diagnostics=describe(v) if not v.passed else "", tokens_in=gen.tokens_in, tokens_out=gen.tokens_out,
         latency_ms=gen.latency_ms, judge_ms=v.wall_ms, seed=ctx.seed, temperature=settings.temperature)

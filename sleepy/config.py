@@ -81,6 +81,10 @@ class AgentConfig:
     temperature: float = knob(0.2, "sampling temperature; 0: greedy", ge=0)
     max_tokens: int = knob(1024, "tokens per reply", ge=1)
     samples: int = knob(1, "independent attempt chains per koan, for pass@k", ge=1)
+    max_reply_chars: int = knob(65536, "a longer reply is cut to this many characters before it is judged or stored "
+                                       "(the episode says so)", ge=1)
+    max_model_error_rate: float = knob(
+        0.2, "a stage stops, and the run is FAILED, once more than this share of its model calls failed", ge=0, le=1)
     history: bool = knob(False, "show earlier failed attempts in the prompt")
     prompt: Literal["plain", "explain", "memory"] = knob(
         "plain", "plain | explain (adds rustc --explain) | memory (similar earlier fixes of this run)")

@@ -13,9 +13,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sleepy.stores import StoreError, store_errors
+
 TABLE = "episodes"
 DIAGNOSTICS_CHARS = 4000
-ADDED_COLUMNS = {"flaky": "false"}  # columns newer than some stores, with the SQL value old rows get
+ADDED_COLUMNS = {"flaky": "false", "truncated": "false"}  # columns newer than some stores, with the SQL value old rows get
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Episode:
     sample: int = 0
     prompt: str = ""
     response: str = ""
+    truncated: bool = False  # the reply was longer than agent.max_reply_chars: `response` holds its start
     code: str = ""
     compiled: bool = False
     tests_passed: bool = False
@@ -60,7 +63,8 @@ def schema():
         "run_id": pa.string(), "experiment": pa.string(), "cycle": pa.int32(), "stage": pa.string(),
         "koan_id": pa.string(), "family": pa.string(), "split": pa.string(), "attempt": pa.int32(),
         "model": pa.string(), "adapter": pa.string(), "sample": pa.int32(), "prompt": pa.string(),
-        "response": pa.string(), "code": pa.string(), "compiled": pa.bool_(), "tests_passed": pa.bool_(),
+        "response": pa.string(), "truncated": pa.bool_(), "code": pa.string(), "compiled": pa.bool_(),
+        "tests_passed": pa.bool_(),
         "passed": pa.bool_(), "reason": pa.string(), "flaky": pa.bool_(), "error_codes": pa.list_(pa.string()),
         "signature": pa.string(), "diagnostics": pa.string(), "tokens_in": pa.int32(), "tokens_out": pa.int32(),
         "latency_ms": pa.float64(), "judge_ms": pa.float64(), "seed": pa.int64(), "temperature": pa.float64(),
@@ -88,16 +92,17 @@ class EpisodeStore:
 
         self.uri = str(uri)
         self.retries = retries
-        Path(self.uri).mkdir(parents=True, exist_ok=True)
-        self._db = lancedb.connect(self.uri)
-        try:
-            self._table = self._db.create_table(TABLE, schema=schema(), exist_ok=True)
-        except ValueError as e:  # a store written by an earlier sleepy: its rows get the new columns' defaults
-            if "schema" not in str(e).lower():
-                raise
-            self._table = self._db.open_table(TABLE)
-            missing = {k: v for k, v in ADDED_COLUMNS.items() if k not in self._table.schema.names}
-            self._commit("add columns", lambda: self._table.add_columns(missing), done_by="AddColumns")
+        with store_errors("episode", self.uri, "opened"):
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+            self._db = lancedb.connect(self.uri)
+            try:
+                self._table = self._db.create_table(TABLE, schema=schema(), exist_ok=True)
+            except ValueError as e:  # a store written by an earlier sleepy: its rows get the new columns' defaults
+                if "schema" not in str(e).lower():
+                    raise
+                self._table = self._db.open_table(TABLE)
+                missing = {k: v for k, v in ADDED_COLUMNS.items() if k not in self._table.schema.names}
+                self._commit("add columns", lambda: self._table.add_columns(missing), done_by="AddColumns")
 
     def add_koan(self, episodes: list[Episode]) -> int:
         """Write all attempts of one or more koans in one commit; returns the new table version."""
@@ -121,42 +126,66 @@ class EpisodeStore:
         this very work: nothing is left to do."""
         for attempt in range(self.retries):
             try:
-                write()
+                with store_errors("episode", self.uri, f"written ({what})"):
+                    write()
                 return
-            except (OSError, RuntimeError) as e:
+            except StoreError as e:
                 if done_by and f"concurrent transaction {done_by}" in str(e):
                     return
-                if attempt == self.retries - 1:
-                    raise RuntimeError(f"episode store {self.uri}: could not {what} after {self.retries} tries: {e}") \
-                        from e
+                if attempt == self.retries - 1 or not any(w in str(e).lower() for w in ("conflict", "contention")):
+                    raise  # a damaged store, not another job's commit: one line, at once
                 time.sleep(0.05 * 2**attempt * (1 + random.random()))
 
+    def check(self) -> int:
+        """Read every data file of the store once (one small column): a damaged store is found before a job starts
+        a run on it. The number of episodes."""
+        with store_errors("episode", self.uri, "read"):
+            self._table.checkout_latest()
+            return self._table.search().select(["attempt"]).limit(None).to_arrow().num_rows
+
     def version(self) -> int:
-        self._table.checkout_latest()
-        return int(self._table.version)
+        with store_errors("episode", self.uri, "read"):
+            self._table.checkout_latest()
+            return int(self._table.version)
 
     def frame(self, version: int | None = None, **where):
         """Episodes as a polars DataFrame, filtered by equality on columns (run_id=..., stage=...)."""
         import polars as pl
 
-        self._table.checkout_latest()
-        if version is not None:
-            self._table.checkout(version)
-        try:
-            query = self._table.search()
-            clauses = [f"{k} = {literal(v)}" for k, v in where.items() if v is not None]
-            if clauses:
-                query = query.where(" AND ".join(clauses))
-            arrow = query.limit(None).to_arrow()
-        finally:
+        with store_errors("episode", self.uri, "read"):
             self._table.checkout_latest()
+            if version is not None:
+                self._table.checkout(version)
+            try:
+                query = self._table.search()
+                clauses = [f"{k} = {literal(v)}" for k, v in where.items() if v is not None]
+                if clauses:
+                    query = query.where(" AND ".join(clauses))
+                arrow = query.limit(None).to_arrow()
+            finally:
+                self._table.checkout_latest()
         return pl.from_arrow(arrow).sort(["cycle", "koan_id", "sample", "attempt"]) if arrow.num_rows else \
             pl.DataFrame(schema=pl.from_arrow(schema().empty_table()).schema)
 
     def finished(self, run_id: str, stage: str, cycle: int) -> set[str]:
-        """Koans already recorded for this run, stage and cycle: a resumed stage skips them."""
+        """Koans this run finished at (stage, cycle): passed, or used their attempts on real replies. A resumed
+        stage skips them; a koan recorded with a failed model call is attempted again (see `forget`)."""
+        import polars as pl
+
         df = self.frame(run_id=run_id, stage=stage, cycle=cycle)
-        return set(df["koan_id"].to_list())
+        per_koan = df.group_by("koan_id").agg(pl.col("passed").any(), (pl.col("reason") == "model_error").any()
+                                              .alias("model_error"))
+        return set(per_koan.filter(pl.col("passed") | ~pl.col("model_error"))["koan_id"].to_list())
+
+    def recorded(self, run_id: str, stage: str, cycle: int) -> set[str]:
+        """Koans with any episode of this run at (stage, cycle)."""
+        return set(self.frame(run_id=run_id, stage=stage, cycle=cycle)["koan_id"].to_list())
+
+    def forget(self, run_id: str, stage: str, cycle: int, koan_id: str) -> None:
+        """Delete a koan's episodes of this run at (stage, cycle), before it is attempted again."""
+        where = " AND ".join(f"{k} = {literal(v)}" for k, v in
+                             {"run_id": run_id, "stage": stage, "cycle": cycle, "koan_id": koan_id}.items())
+        self._commit("delete episodes", lambda: self._table.delete(where))
 
     def index_diagnostics(self) -> None:
         """(Re)build the full-text index on diagnostics, used to retrieve similar past episodes.

@@ -24,21 +24,28 @@ def run(cfg) -> float | None:
     """Run the configured stage; returns its headline number (for sweepers). Bad settings stop it before anything
     starts, one line each."""
     from sleepy.koans import KoanError
-    from sleepy.models import ModelLoadError
+    from sleepy.models.base import ModelLoadError, ModelServerError
+    from sleepy.runlock import RunLocked
+    from sleepy.stores import StoreError
 
     try:
         validate(cfg)
         if cfg.stage == "verify":
             return verify(cfg)
-        with Job(cfg) as job:
+        job = Job(cfg)
+        with job:
             if cfg.stage == "cycle":
                 return run_cycles(job)
             stage = day if cfg.stage == "day" else evaluate
             return stage(job, int(cfg.cycle))[f"{cfg.stage}/pass_rate"]
-    except (ConfigError, KoanError, ValueError, ModelLoadError) as e:
+    except (ConfigError, KoanError, ValueError, ModelLoadError, StoreError, RunLocked) as e:
         for line in str(e).splitlines():
             print(f"sleepy: error: {line}", file=sys.stderr)
         sys.exit(2)
+    except ModelServerError as e:
+        print(f"sleepy: error: {e}; run {job.run_id} is FAILED and keeps what finished: resume it with "
+              f"run_id={job.run_id} once the server answers", file=sys.stderr)
+        sys.exit(1)
 
 
 def run_cycles(job: Job) -> float:
@@ -145,11 +152,14 @@ def attempt(job: Job, stage: str, cycle: int, koans: list, night: int | None) ->
 
     adapter = job.load_adapter(night)
     done = job.store.finished(job.run_id, stage, cycle)
+    retried = job.store.recorded(job.run_id, stage, cycle) - done  # model errors last time: attempted afresh
     todo = [k for k in koans if k.id not in done]
     if todo:
         ctx = StageContext(job.run_id, job.cfg.experiment_name, cycle, stage, job.cfg.model.name, adapter, int(job.cfg.seed))
         with console.Progress(f"{stage} {cycle}", len(koans), len(done)) as progress:
             def on_done(koan, episodes):
+                if koan.id in retried:
+                    job.store.forget(job.run_id, stage, cycle, koan.id)
                 job.store.add_koan(episodes)
                 progress.koan(any(e.passed for e in episodes), len(episodes))
 
@@ -160,7 +170,20 @@ def attempt(job: Job, stage: str, cycle: int, koans: list, night: int | None) ->
     job.tracker.set_tags({f"episodes.version.{stage}.{cycle}": str(job.store.version())})
     job.tracker.log_frame(job.history.episodes(stage, cycle), "episodes", f"episodes_{stage}_{cycle}.parquet")
     console.print_summary(table, stage, cycle, job.run_id, skipped=len(done), adapter=adapter)
+    if metrics.get(f"{stage}/model_errors"):
+        model_errors(job, stage, cycle)
     return metrics
+
+
+def model_errors(job: Job, stage: str, cycle: int) -> None:
+    """Say that some model calls failed (not enough to stop the stage), and tag the first error."""
+    import polars as pl
+
+    failed = job.history.episodes(stage, cycle).filter(pl.col("reason") == "model_error")
+    first = failed["signature"][0].removeprefix("model_error: ")
+    job.tracker.set_tags({f"{stage}.{cycle}.first_model_error": first[:500]})
+    console.warn(f"{stage} cycle {cycle}: {failed.height} model calls failed (first: {first[:200]}); their koans are "
+                 f"attempted again when the run is resumed with run_id={job.run_id}")
 
 
 def verify(cfg) -> float:

@@ -35,6 +35,7 @@ class Job:
         self.pack = load_configured(cfg.koans, self.sandbox)
         self.eval_ids = {k.id for k in self.pack.koans if k.split == "eval"}
         self._backend = self._teacher = None
+        self.lock = None
 
     def __enter__(self) -> Job:
         from omegaconf import OmegaConf
@@ -42,16 +43,22 @@ class Job:
         from sleepy.episodes import EpisodeStore
         from sleepy.history import History
         from sleepy.night.adapters import RunAdapters
+        from sleepy.runlock import RunLock
+        from sleepy.stores import store_errors
         from sleepy.tracking import Tracker, run_name
 
         cfg = self.cfg
         preflight(cfg, self.sandbox, self.koans("eval" if cfg.stage == "eval" else "day"))
         self.store = EpisodeStore(cfg.episodes.uri)
+        self.store.check()
         if cfg.baseline_run_id and self.store.frame(run_id=cfg.baseline_run_id).is_empty():
             raise ValueError(f"baseline_run_id={cfg.baseline_run_id}: the episode store {cfg.episodes.uri} holds no "
                              "episode of that run")
-        self.tracker = Tracker(cfg.tracking.uri, cfg.experiment_name, cfg.tracking.artifact_root)
-        self.run_id = self.tracker.start(cfg.run_id, run_name=run_name(cfg))
+        if cfg.run_id:  # a resume: no second job on this run (a new run's id is its own)
+            self.lock = RunLock(cfg.episodes.uri, cfg.run_id).acquire()
+        with store_errors("MLflow", cfg.tracking.uri, "opened"):
+            self.tracker = Tracker(cfg.tracking.uri, cfg.experiment_name, cfg.tracking.artifact_root)
+            self.run_id = self.tracker.start(cfg.run_id, run_name=run_name(cfg))
         self.status = "FAILED"
         self._sigterm = signal.signal(signal.SIGTERM, _terminate)
         self.tracker.log_config(OmegaConf.to_container(cfg, resolve=True))
@@ -72,6 +79,8 @@ class Job:
             self.tracker.end(self.status)
         finally:
             signal.signal(signal.SIGTERM, self._sigterm)
+            if self.lock is not None:
+                self.lock.release()
         if self.status == "KILLED":
             print(f"sleepy: run {self.run_id} stopped ({exc or 'interrupted'}) and marked KILLED; what it finished is "
                   f"kept: resume it with run_id={self.run_id}", file=sys.stderr)

@@ -70,3 +70,37 @@ def test_unreachable_server_fails_the_check_with_one_message():
 def test_adapters_are_refused_where_they_cannot_be_served():
     with pytest.raises(ValueError, match="serves no LoRA adapters"):
         LiteLLMBackend("m", "openai", "http://127.0.0.1:9/v1").generate([ask("k")], SamplingParams(), adapter="a1")
+
+
+NULL_CONTENT = ('{"id": "x", "object": "chat.completion", "created": 0, "model": "scripted", "choices": [{"index": 0, '
+                '"message": {"role": "assistant", "content": null}, "finish_reason": "stop"}]}')
+FAULTS = {
+    "garbage JSON": Step(malformed=True),
+    "choices not a list": Step(body='{"choices": "nope"}'),
+    "HTML": Step(body="<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html"),
+    "HTTP 500": Step(status=500),
+    "HTTP 429": Step(status=429),
+    "dropped connection": Step(drop=True),
+    "content null": Step(body=NULL_CONTENT),
+    "hang": Step(hang_s=3),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_every_kind_of_broken_server_is_a_model_error_with_its_cause(fault):
+    with ScriptedLLMServer(Script({"k": [FAULTS[fault]]})) as server:
+        backend = LiteLLMBackend("scripted", "openai", server.url + "/v1", timeout_s=1, retries=1, backoff_s=0.01)
+        (gen,) = backend.generate([ask("k")], SamplingParams())
+    assert gen.text == "" and gen.error, fault
+    assert server.script.served("k") == 2  # retried once
+
+
+def test_retry_after_is_honoured():
+    script = Script({"k": [Step(status=429, headers=(("Retry-After", "2"),)), Step(reply="fixed")]})
+    with ScriptedLLMServer(script) as server:
+        backend = LiteLLMBackend("scripted", "openai", server.url + "/v1", retries=2, backoff_s=0.01)
+        start = time.perf_counter()
+        (gen,) = backend.generate([ask("k")], SamplingParams())
+        waited = time.perf_counter() - start
+        gap = server.log[1]["time"] - server.log[0]["time"]
+    assert gen.text == "fixed" and gap >= 2.0 and waited >= 2.0

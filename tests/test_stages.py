@@ -90,7 +90,7 @@ def test_two_scripted_cycles_give_the_metrics_computed_by_hand(tmp_path):
 def test_model_errors_become_failed_attempts_not_crashes(tmp_path):
     script = Script({K1.title: [Step(status=503)], K2.title: [Step(malformed=True)], K3.title: [fix(K3.solution)]})
     with ScriptedLLMServer(script) as server:
-        sleepy(tmp_path, server)
+        sleepy(tmp_path, server, "agent.max_model_error_rate=1")  # never stop: every error is recorded
     client, (run,) = runs(tmp_path)
     episodes = EpisodeStore(tmp_path / "episodes").frame(run_id=run.info.run_id)
     errors = episodes.filter(episodes["reason"] == "model_error")

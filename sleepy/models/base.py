@@ -34,6 +34,11 @@ class Generation:
     tokens_out: int = 0
     latency_ms: float = 0.0
     error: str | None = None
+    truncated: bool = False  # cut to agent.max_reply_chars by the agent
+
+
+class ModelServerError(RuntimeError):
+    """Too many of a stage's model calls failed: the stage stops rather than read as a 0% result."""
 
 
 class ModelLoadError(RuntimeError):

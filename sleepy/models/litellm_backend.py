@@ -1,8 +1,9 @@
 """Served models through litellm: OpenAI-compatible servers, Ollama, vLLM.
 
-Async with bounded concurrency; a per-call timeout; retries with exponential backoff on timeouts,
-5xx, dropped connections and garbage; a failure that persists becomes Generation.error, never an
-exception. An optional disk cache replays identical requests for reproducible runs.
+Async with bounded concurrency; a per-call timeout; retries with exponential backoff (or after the server's
+Retry-After) on timeouts, 429, 5xx, dropped connections and garbage; a failure that persists becomes
+Generation.error, never an exception (the agent stops a stage when too many calls fail). An optional disk cache
+replays identical requests for reproducible runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -105,7 +107,9 @@ class LiteLLMBackend:
             async with gate:
                 return await self._generate_one(litellm, messages, params, adapter)
 
-        return list(await asyncio.gather(*(one(m, p) for m, p in zip(prompts, params, strict=True))))
+        with warnings.catch_warnings():  # pydantic's complaints about a malformed reply: the reply is an error
+            warnings.filterwarnings("ignore", message="Pydantic serializer warnings")
+            return list(await asyncio.gather(*(one(m, p) for m, p in zip(prompts, params, strict=True))))
 
     async def _generate_one(self, litellm, messages, params, adapter) -> Generation:
         key = self._cache_key(messages, params, adapter)
@@ -135,7 +139,7 @@ class LiteLLMBackend:
                 if type(e).__name__ in PERMANENT:
                     break
                 if attempt < self.retries:
-                    await asyncio.sleep(self.backoff_s * 2**attempt)
+                    await asyncio.sleep(max(self.backoff_s * 2**attempt, retry_after(e)))
         return Generation(text="", error=error)
 
     def _cache_key(self, messages, params, adapter) -> str | None:
@@ -159,3 +163,27 @@ class LiteLLMBackend:
         tmp = self.cache_dir / f"{key}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(asdict(gen)))
         os.replace(tmp, self.cache_dir / f"{key}.json")
+
+
+RETRY_AFTER_CAP_S = 300.0
+
+
+def retry_after(error: BaseException) -> float:
+    """The seconds a server asked for in its Retry-After (or retry-after-ms) header, at most RETRY_AFTER_CAP_S;
+    0 when it asked for nothing."""
+    import email.utils
+
+    response = getattr(error, "response", None)
+    headers = getattr(error, "litellm_response_headers", None) or getattr(response, "headers", None) or {}
+    try:
+        if (ms := headers.get("retry-after-ms")) is not None:
+            return min(RETRY_AFTER_CAP_S, max(0.0, float(ms) / 1000))
+        if (value := headers.get("retry-after")) is None:
+            return 0.0
+        try:
+            seconds = float(value)
+        except ValueError:  # an HTTP date
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, AttributeError):
+        return 0.0
+    return min(RETRY_AFTER_CAP_S, max(0.0, seconds))

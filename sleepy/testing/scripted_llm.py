@@ -29,6 +29,10 @@ class Step:
     delay_s: float | None = None  # latency before answering; None: the server's latency_s
     malformed: bool = False  # a 200 whose body is not JSON
     hang_s: float = 0.0  # hold the request this long without answering (a client timeout)
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers, e.g. (("Retry-After", "2"),)
+    body: str | None = None  # this raw body instead of a reply (HTML, JSON of the wrong shape, ...)
+    content_type: str = "application/json"  # of `body`
+    drop: bool = False  # close the connection without any response
 
 
 @dataclass
@@ -114,9 +118,11 @@ def _handler(server: ScriptedLLMServer):
         def log_message(self, *args) -> None:  # keep test output clean
             pass
 
-        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        def _send(self, status: int, body: bytes, content_type: str = "application/json", headers=()) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for name, value in headers:
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -166,8 +172,15 @@ def _handler(server: ScriptedLLMServer):
                 time.sleep(step.hang_s)
                 self.close_connection = True
                 return
+            if step.drop:
+                self.close_connection = True
+                return
             if step.status != 200:
-                self._json(step.status, {"error": {"message": f"scripted {step.status}", "type": "server_error"}})
+                error = {"error": {"message": f"scripted {step.status}", "type": "server_error"}}
+                self._send(step.status, json.dumps(error).encode(), headers=step.headers)
+                return
+            if step.body is not None:
+                self._send(200, step.body.encode(), step.content_type, step.headers)
                 return
             if step.malformed:
                 self._send(200, b'{"choices": [ this is not json')
