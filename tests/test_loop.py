@@ -13,6 +13,8 @@ from conftest import ROOT
 
 from sleepy.episodes import EpisodeStore
 
+pytestmark = pytest.mark.timeout(1500)  # whole cycles on a busy 2-core machine
+
 
 def sleepy(tmp_path, *overrides):
     """+experiment=smoke on three borrow_checker koans, with `overrides` taking precedence."""
