@@ -93,17 +93,23 @@ def night(job: Job, cycle: int) -> dict[str, float]:
 
 def train_adapter(job: Job, cycle: int, examples: list, earlier: list, previous: int | None):
     """Fit night `cycle`'s adapter in a partial directory, then finish it (examples, DONE), log and serve it."""
+    from sleepy.night.adapters import origin
     from sleepy.night.fit import fit_night, night_tasks
 
     cfg = job.cfg
     family_of = {k.id: k.family for k in job.pack.koans} if cfg.subspace.method != "none" and \
         cfg.subspace.route == "family" else None
-    fit = fit_night(job.backend.path, night_tasks([*earlier, *examples], cycle, family_of), job.adapters.partial(cycle),
-                    lora=cfg.lora, night=cfg.night, subspace=cfg.subspace, device=cfg.model.device, dtype=cfg.model.dtype,
-                    seed=int(cfg.seed) * 1000 + cycle, previous=job.adapters.dir(previous) if previous else None,
-                    sources=lambda: uwsh_sources(cfg, job.adapters.root))
+    steps_before = int(sum(v for c, v in job.tracker.history("night/steps").items() if c < cycle))
+    with job.tracker.stream("night/loss", offset=steps_before) as on_step:  # step = the run's training step
+        fit = fit_night(job.backend.path, night_tasks([*earlier, *examples], cycle, family_of),
+                        job.adapters.partial(cycle), lora=cfg.lora, night=cfg.night, subspace=cfg.subspace,
+                        device=cfg.model.device, dtype=cfg.model.dtype, seed=int(cfg.seed) * 1000 + cycle,
+                        previous=job.adapters.dir(previous) if previous else None,
+                        sources=lambda: uwsh_sources(cfg, job.adapters.root), on_step=on_step)
     out = job.adapters.commit(cycle, examples, {"episodes_version": job.store.version(), "tasks": fit.tasks})
     job.tracker.log_artifacts(out, f"adapters/cycle{cycle}")
+    if fit.sources:  # uwsh's basis: which adapters, of which runs
+        job.tracker.log_json([origin(p) for p in fit.sources], f"adapters/cycle{cycle}", "uwsh_sources.json")
     job.load_adapter(cycle)
     return fit
 
@@ -149,7 +155,9 @@ def attempt(job: Job, stage: str, cycle: int, koans: list, night: int | None) ->
     """The agent attempts the koans this run has not finished at (stage, cycle), served night `night`'s adapter;
     the stage's metrics over all of them, logged at step = cycle."""
     from sleepy.agent import StageContext, attempt_koans
+    from sleepy.metrics import koan_outcomes
 
+    job.tracker.log_koans(stage, koans, job.pack.root)
     adapter = job.load_adapter(night)
     done = job.store.finished(job.run_id, stage, cycle)
     retried = job.store.recorded(job.run_id, stage, cycle) - done  # model errors last time: attempted afresh
@@ -168,7 +176,9 @@ def attempt(job: Job, stage: str, cycle: int, koans: list, night: int | None) ->
     metrics, table = job.stage_metrics(stage, cycle)
     job.tracker.log_metrics(metrics, step=cycle)
     job.tracker.set_tags({f"episodes.version.{stage}.{cycle}": str(job.store.version())})
-    job.tracker.log_frame(job.history.episodes(stage, cycle), "episodes", f"episodes_{stage}_{cycle}.parquet")
+    episodes = job.history.episodes(stage, cycle)
+    job.tracker.log_frame(episodes, "episodes", f"episodes_{stage}_{cycle}.parquet")
+    job.tracker.log_csv(koan_outcomes(episodes, job.settings.max_attempts), "episodes", f"summary_{stage}_{cycle}.csv")
     console.print_summary(table, stage, cycle, job.run_id, skipped=len(done), adapter=adapter)
     if metrics.get(f"{stage}/model_errors"):
         model_errors(job, stage, cycle)

@@ -107,7 +107,10 @@ def test_memory_recalls_this_runs_earlier_days_and_no_other_runs(tmp_path):
     assert any("Similar errors fixed before" in p and shown in p for p in own)
     named = prompts("cycle=3", f"memory.source={a_id}")  # a fresh run that names A as its memory
     assert any(shown in p for p in named)
-    assert mlflow_runs(tmp_path)[-1].data.tags["sleepy.memory.source"] == a_id
+    last = mlflow_runs(tmp_path)[-1]
+    assert last.data.tags["sleepy.memory.source"] == a_id
+    inputs = {(i.dataset.name, tuple((t.key, t.value) for t in i.tags)) for i in last.inputs.dataset_inputs}
+    assert (f"episodes/{a_id}", (("mlflow.data.context", "memory"),)) in inputs  # A's episodes are an input
 
 
 def test_the_full_text_index_is_built_only_for_the_memory_strategy(tmp_path):

@@ -80,7 +80,7 @@ def test_two_scripted_cycles_give_the_metrics_computed_by_hand(tmp_path):
     assert metric_at(client, r1, "eval/mcnemar_p", 1) == 1.0  # one discordant koan is no effect
     params = run1.data.params
     assert params["model.provider"] == "ollama" and params["cycle"] == "1" and params["agent.max_attempts"] == "2"
-    assert run1.data.tags["hydra.choice.model"] == "ollama" and "git.commit" in run1.data.tags
+    assert run1.data.tags["hydra.choice.model"] == "ollama" and "mlflow.source.git.commit" in run1.data.tags
     artifacts = {a.path for a in client.list_artifacts(r1)}
     assert {"episodes", "hydra"} <= artifacts
     episodes = EpisodeStore(tmp_path / "episodes").frame(run_id=r1)
@@ -164,8 +164,11 @@ def test_joblib_multirun_lands_four_runs_and_every_episode(tmp_path):
     with ScriptedLLMServer(script, latency_s=0.05) as server:
         r = sleepy(tmp_path, server, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=0,1,2,3",
                    f"hydra.sweep.dir={tmp_path}/multirun")
-    client, all_runs = runs(tmp_path)
-    assert len(all_runs) == 4 and {run.info.status for run in all_runs} == {"FINISHED"}
+    client, every_run = runs(tmp_path)
+    (parent,) = [run for run in every_run if "mlflow.parentRunId" not in run.data.tags]  # the sweep's
+    all_runs = [run for run in every_run if run is not parent]
+    assert len(all_runs) == 4 and {run.info.status for run in every_run} == {"FINISHED"}
+    assert {run.data.tags["mlflow.parentRunId"] for run in all_runs} == {parent.info.run_id}
     assert sorted(run.data.params["seed"] for run in all_runs) == ["0", "1", "2", "3"]
     episodes = EpisodeStore(tmp_path / "episodes").frame()
     assert episodes.height == 4 * 3

@@ -18,6 +18,15 @@ def render(koans: list[Koan], note: str = "") -> str:
     return HEADER + noted + "\n".join(lines) + "\n"
 
 
+def digest(koans: list[Koan]) -> str:
+    """A short hash of exactly these koans: of their lock lines (`<content hash>  <id>`, sorted) as eval.lock holds
+    them for eval koans, so a whole eval split's digest is the hash of its lock's lines."""
+    import hashlib
+
+    lines = "\n".join(sorted(f"{k.content_hash()}  {k.id}" for k in koans))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()[:16]
+
+
 def write(koans: list[Koan], path: Path, note: str = "") -> int:
     """Write the lock for the eval koans (`note`: comment lines saying what they were made from); returns how
     many it holds."""

@@ -124,6 +124,16 @@ def find_adapters(root: str | Path, exclude: str | Path | None = None) -> list[P
     return found
 
 
+def origin(path: str | Path) -> dict:
+    """Where an adapter directory comes from, by the layout above: its path, the MLflow run that trained it and the
+    night (None for either when the path does not follow the layout)."""
+    path = Path(path).resolve()
+    for night in (path, *path.parents):
+        if night.name.startswith("cycle") and night.name[5:].isdigit():
+            return {"path": str(path), "run_id": night.parent.name, "cycle": int(night.name[5:])}
+    return {"path": str(path), "run_id": None, "cycle": None}
+
+
 def merge_updates(adapters: list[tuple[Factors, dict]]) -> tuple[Factors, dict]:
     """One LoRA whose update is exactly the mean of the adapters' updates (delta W), from (factors, config) pairs:
     their factors side by side, each B scaled by its alpha / r and 1 / n, at rank sum(r) with alpha = rank. Exact,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -32,7 +32,7 @@ class NightFit:
     tasks: list[str]
     basis_columns: float = math.nan  # mean basis columns per module and side
     kept: float = math.nan  # mean share of the adapters' centred variance the bases keep
-    sources: int = 0  # uwsh: adapters the basis was extracted from
+    sources: list[Path] = field(default_factory=list)  # uwsh: the adapters the basis was extracted from
 
     @property
     def tokens_per_s(self) -> float:
@@ -45,7 +45,7 @@ class NightFit:
         if not math.isnan(self.basis_columns):
             out |= {"night/subspace_k": self.basis_columns, "night/subspace_kept": self.kept}
         if self.sources:
-            out["night/subspace_sources"] = self.sources
+            out["night/subspace_sources"] = len(self.sources)
         return {k: float(v) for k, v in out.items()}
 
 
@@ -62,10 +62,12 @@ def night_tasks(examples: list, cycle: int, family_of: dict[str, str] | None = N
 
 def fit_night(path: str, groups: dict[str, list], out: Path, *, lora, night, subspace, device: str = "auto",
               dtype: str = "auto", seed: int = 0, previous: Path | None = None,
-              sources: Callable[[], list[Path]] | None = None) -> NightFit:
+              sources: Callable[[], list[Path]] | None = None,
+              on_step: Callable[[int, float], None] | None = None) -> NightFit:
     """Train on `groups` (task name -> examples) and write the adapter to `out`. `previous`: the last night's
     adapter directory (its adapter to continue, its subspace to extend); `sources`: finds uwsh's adapters, called
-    only when there is no saved subspace to continue."""
+    only when there is no saved subspace to continue; `on_step(step, loss)`: after every optimizer step, counted
+    over the night's tasks."""
     from sleepy.night.dataset import encode
     from sleepy.night.trainer import load_base, resolve_trainer, train, wrap_lora
 
@@ -77,9 +79,15 @@ def fit_night(path: str, groups: dict[str, list], out: Path, *, lora, night, sub
     if not encoded:
         raise ValueError(f"every night example is longer than night.max_length={night.max_length} tokens")
 
+    done = 0  # steps of the night's earlier tasks
+
     def fit(peft, examples, task_seed):
-        return train(peft, tokenizer, examples, steps=night.steps, lr=night.lr, batch_size=night.batch_size,
-                     seed=task_seed)
+        nonlocal done
+        offset = done
+        r = train(peft, tokenizer, examples, steps=night.steps, lr=night.lr, batch_size=night.batch_size,
+                  seed=task_seed, on_step=(lambda step, loss: on_step(offset + step, loss)) if on_step else None)
+        done += r.steps
+        return r
 
     if subspace.method == "none":
         init = str(previous) if lora.mode == "continue" and previous else None
@@ -105,12 +113,12 @@ def _fit_subspace(model, path, encoded, out, fit, *, lora, subspace, seed, previ
     k, ev = subspace.k, subspace.explained_variance
     peft = wrap_lora(model, lora, None, "peft", seed)
     saved = previous / "subspace" if previous else None
-    sub, n_sources = None, 0
+    sub, used = None, []
     if saved and saved.exists():
         sub = Subspace.load(saved)
     elif subspace.method == "uwsh":
-        adapters = _fitting(sources() if sources else [], shapes(peft), subspace.source)
-        sub, n_sources = Subspace.fit(adapters, "uwsh", k, ev), len(adapters)
+        used, adapters = _fitting(sources() if sources else [], shapes(peft), subspace.source)
+        sub = Subspace.fit(adapters, "uwsh", k, ev)
     results, trained, generator = [], {}, torch.Generator().manual_seed(seed)
     trainable = lora_equivalent = sum(p.numel() for p in peft.parameters() if p.requires_grad)
     for i, (name, examples) in enumerate(encoded.items()):
@@ -134,7 +142,7 @@ def _fit_subspace(model, path, encoded, out, fit, *, lora, subspace, seed, previ
     return NightFit(sum(r.steps for r in results), sum(r.tokens for r in results), sum(r.seconds for r in results),
                     sum(r.loss_first for r in results) / len(results), sum(r.loss_last for r in results) / len(results),
                     trainable, lora_equivalent, list(sub.names), sum(columns) / len(columns), sum(kept) / len(kept),
-                    n_sources)
+                    used)
 
 
 def _export(out: Path, trained: dict, config: dict, family: bool, previous: Path | None) -> None:
@@ -154,18 +162,19 @@ def _export(out: Path, trained: dict, config: dict, family: bool, previous: Path
         write_adapter(out / "routes" / name, factors, route_config)
 
 
-def _fitting(sources: list[Path], model_shapes: dict, source: str | None) -> list:
-    """The factors of the source adapters that fit the model's LoRA layers (any rank)."""
+def _fitting(sources: list[Path], model_shapes: dict, source: str | None) -> tuple[list[Path], list]:
+    """The source adapters that fit the model's LoRA layers (any rank), and their factors."""
     from sleepy.night.adapters import read_adapter
 
-    out = []
+    paths, out = [], []
     for path in sources:
         factors, _ = read_adapter(path)
         if set(factors) == set(model_shapes) and all(
                 A.shape[1] == model_shapes[m][0][1] and B.shape[0] == model_shapes[m][1][0]
                 for m, (A, B) in factors.items()):
+            paths.append(path)
             out.append(factors)
     if not out:
         raise ValueError(f"subspace.source={source}: none of its {len(sources)} peft adapters fits this model's LoRA "
                          "layers (same base model and lora.target_modules); uwsh extracts its basis from them")
-    return out
+    return paths, out

@@ -166,7 +166,8 @@ def _handler(server: ScriptedLLMServer):
                 return
             prompt = _prompt_of(body.get("messages"))
             key, index, step = server.script.next(prompt)
-            server.record({"path": path, "key": key, "index": index, "time": time.time(), "body": body})
+            server.record({"path": path, "key": key, "index": index, "time": time.time(), "body": body,
+                           "authorization": self.headers.get("Authorization")})
             time.sleep(server.latency_s if step.delay_s is None else step.delay_s)
             if step.hang_s:
                 time.sleep(step.hang_s)
