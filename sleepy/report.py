@@ -21,6 +21,8 @@ import re
 import sys
 from pathlib import Path
 
+from sleepy.pipes import quiet_on_closed_pipe
+
 IGNORED = ("seed", "run_id", "episodes.uri", "tracking.uri", "tracking.artifact_root", "model.api_base",
            "model.api_key", "model.cache_dir", "sandbox.jobs")
 DEFAULT_METRICS = ("eval/pass_rate", "eval/median_steps", "eval/mean_steps_all", "eval/repeat_error_rate",
@@ -404,6 +406,7 @@ def log_report(client, uri: str, experiment: str, paths: list[Path]) -> str:
     return run.info.run_id
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     from sleepy.tracking import tracking_uri
 
