@@ -1,8 +1,55 @@
-"""What a run prints: progress while a stage runs, a table per stage, the night's summary, the table per cycle."""
+"""What a run prints: progress while a stage runs, a table per stage, the night's summary, the table per cycle.
+
+Everything a run shows goes through here, printed for the terminal and recorded with the `sleepy` logger, which
+`to_job_log` sends to Hydra's job log (`<hydra.run.dir>/<job name>.log`) as plain text with timestamps.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+
+log = logging.getLogger("sleepy")
+
+
+def to_job_log() -> None:
+    """Record the run's output in the job log Hydra set up (its file handlers on the root logger), once: the
+    terminal already gets it printed, with colour."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    log.handlers = files
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def say(text: str) -> None:
+    """A line of the run's output."""
+    print(text, flush=True)
+    log.info(text)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+    log.warning(message)
+
+
+def error(message: str) -> None:
+    print(f"sleepy: error: {message}", file=sys.stderr, flush=True)
+    log.error(message)
+
+
+def show(renderable, width: int | None = None, soft_wrap: bool = False) -> None:
+    """A rich table (or text) on the terminal; the same, as plain text, in the job log."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    console = Console(width=width)
+    console.print(renderable, soft_wrap=soft_wrap)
+    if log.isEnabledFor(logging.INFO):
+        text = StringIO()
+        Console(file=text, width=console.width, color_system=None, force_terminal=False).print(renderable,
+                                                                                             soft_wrap=soft_wrap)
+        log.info("\n" + text.getvalue().rstrip())
 
 
 def pct(x) -> str:
@@ -11,10 +58,6 @@ def pct(x) -> str:
 
 def num(x, fmt: str = "{:.0f}") -> str:
     return "-" if x is None or x != x else fmt.format(x)
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped: int = 0,
@@ -32,24 +75,28 @@ def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped
         t.add_row(r["family"], str(r["n"]), f"{pct(r['pass_rate'])} [{pct(r['pass_rate_lo'])}, {pct(r['pass_rate_hi'])}]",
                   num(r["median_steps"], "{:.1f}"), num(r["mean_steps_all"], "{:.1f}"), pct(r["repeat_error_rate"]),
                   pct(r["persistent_failure_rate"]))
-    Console().print(t)
+    show(t, width=max(Console().width, 110))
 
 
 def print_night(cycle: int, metrics: dict[str, float], subspace: str, r: int) -> None:
     """The night: its examples and training, and for a subspace how much of the adapters' variance the bases keep."""
     if "night/steps" not in metrics:
-        print(f"night {cycle}: no verified target for any failed koan; no adapter trained")
+        say(f"night {cycle}: no verified target for any failed koan; no adapter trained")
         return
-    targets = ", ".join(f"{k.removeprefix('night/targets_')} {v:.0f}" for k, v in metrics.items()
-                        if k.startswith("night/targets_"))
-    print(f"night {cycle}: {metrics['night/examples']:.0f} examples (targets: {targets}; replay "
-          f"{metrics['night/replay']:.0f}), {metrics['night/steps']:.0f} steps, loss {metrics['night/loss_first']:.3f} -> "
-          f"{metrics['night/loss_last']:.3f}, {metrics['night/tokens_per_s']:.0f} tokens/s")
+    new, total = metrics.get("night/examples_new", metrics["night/examples"]), metrics["night/examples"]
+    sources = [f"{v:.0f} {k.removeprefix('night/targets_')}" for k, v in metrics.items()
+               if k.startswith("night/targets_") and v]
+    if metrics.get("night/replay"):
+        sources.append(f"{metrics['night/replay']:.0f} replayed")
+    earlier = f" + {total - new:.0f} from earlier nights" if total > new else ""
+    say(f"night {cycle}: trained on {new:.0f} new examples ({', '.join(sources) or 'none'}){earlier}: "
+        f"{metrics['night/steps']:.0f} steps, loss {metrics['night/loss_first']:.2f} -> {metrics['night/loss_last']:.2f}, "
+        f"{metrics['night/tokens_per_s']:.0f} tokens/s")
     if subspace != "none":
         kept = metrics["night/subspace_kept"]
-        print(f"night {cycle}: {subspace} subspace, {metrics['night/subspace_k']:.0f} basis columns per module and side "
-              f"keep {kept:.1%} of the adapters' variance; a task trains {metrics['night/trainable_params']:,.0f} "
-              f"parameters ({metrics['night/trainable_params_lora_equivalent']:,.0f} for LoRA r={r})")
+        say(f"night {cycle}: {subspace} subspace, {metrics['night/subspace_k']:.0f} basis columns per module and side "
+            f"keep {kept:.1%} of the adapters' variance; a task trains {metrics['night/trainable_params']:,.0f} "
+            f"parameters ({metrics['night/trainable_params_lora_equivalent']:,.0f} for LoRA r={r})")
         if kept < 0.95:
             warn(f"the subspace keeps only {kept:.1%} of the adapters' variance for later nights; raise subspace.k "
                  "(k >= lora.r keeps a first night exact)")
@@ -61,11 +108,13 @@ def print_cycles(rows: list[dict], run_id: str, uri: str, experiment: str) -> No
     from rich.table import Table
 
     t = Table(title=f"experiment {experiment}, run {run_id}")
-    for col in ("cycle", "day pass", "night examples", "eval pass (95% CI)", "median steps", "repeat errors",
-                "persistent failures", "regressions", "McNemar p vs 0", "MDE vs 0", "BWT", "forgetting"):
+    for col in ("cycle", "day pass", "night examples (new / total)", "eval pass (95% CI)", "median steps",
+                "repeat errors", "persistent failures", "regressions", "McNemar p vs 0", "MDE vs 0", "BWT", "forgetting"):
         t.add_column(col, justify="right")
     for c, r in enumerate(rows):
-        t.add_row(str(c), pct(r.get("day/pass_rate")), num(r.get("night/examples")),
+        total = r.get("night/examples")
+        examples = "-" if total is None else f"{num(r.get('night/examples_new', total))} / {num(total)}"
+        t.add_row(str(c), pct(r.get("day/pass_rate")), examples,
                   f"{pct(r['eval/pass_rate'])} [{pct(r['eval/pass_rate_lo'])}, {pct(r['eval/pass_rate_hi'])}]",
                   num(r["eval/median_steps"], "{:.1f}"), pct(r.get("eval/repeat_error_rate")),
                   pct(r.get("eval/persistent_failure_rate")), num(r.get("eval/regressions")),
@@ -73,10 +122,20 @@ def print_cycles(rows: list[dict], run_id: str, uri: str, experiment: str) -> No
                   "-" if c == 0 else num(100 * r.get("eval/mde", float("nan")), "{:.1f} pts"),
                   num(r.get("cl/bwt"), "{:+.2f}"),
                   num(r.get("cl/forgetting"), "{:.2f}"))
-    console = Console(width=max(Console().width, 140))
-    console.print(t)
+    show(t, width=max(Console().width, 150))
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else f"open {uri}"
-    console.print(f"Compare runs: LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/{ui}", soft_wrap=True)
+    show(f"Compare runs: LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/{ui}", soft_wrap=True)
+
+
+def print_loop(closed: list[tuple[int, int, int]], eval_rates: tuple[float, float], tiny: bool) -> None:
+    """Whether the loop closed: per day c, of the train koans night c-1 trained on, how many day c passed; with the
+    tiny model, what that does and does not show."""
+    for day, trained, passed in closed:
+        say(f"The loop: night {day - 1} trained on {trained} failed train koans, and day {day} passed {passed} of them.")
+    if tiny:
+        say(f"This is the tiny random model memorising the train koans it was trained on, not learning Rust: the eval "
+            f"koans, which no night trains on, stay at chance ({pct(eval_rates[0])} at cycle 0, {pct(eval_rates[1])} "
+            "at the last cycle). A real model (see README.md) is needed to measure learning.")
 
 
 class Progress:
@@ -86,6 +145,7 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bar
 
+        self.label, self.already = label, already
         self.passed = self.attempts = 0
         self.bar = Bar(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                        TimeElapsedColumn(), disable=not sys.stdout.isatty())
@@ -97,6 +157,9 @@ class Progress:
 
     def __exit__(self, *exc):
         self.bar.stop()
+        task = self.bar.tasks[0]
+        log.info(f"{self.label}: {task.completed - self.already:.0f} koans attempted ({self.already} kept from before), "
+                 f"passed {self.passed}, {self.attempts} attempts, {task.elapsed or 0:.1f} s")
 
     def koan(self, passed: bool, attempts: int) -> None:
         self.passed += passed
@@ -104,3 +167,4 @@ class Progress:
         task = self.bar.tasks[0]
         rate = task.completed / task.elapsed if task.elapsed else 0.0
         self.bar.update(self.task, advance=1, info=f"passed {self.passed}  attempts {self.attempts}  {rate:.2f} koans/s")
+        log.debug(f"{self.label}: {task.completed:.0f}/{task.total:.0f} koans, passed {self.passed}")

@@ -40,7 +40,7 @@ def run(cfg) -> float | None:
             return stage(job, int(cfg.cycle))[f"{cfg.stage}/pass_rate"]
     except (ConfigError, KoanError, ValueError, ModelLoadError, StoreError, RunLocked) as e:
         for line in str(e).splitlines():
-            print(f"sleepy: error: {line}", file=sys.stderr)
+            console.error(line)
         sys.exit(2)
     except ModelServerError as e:
         print(f"sleepy: error: {e}; run {job.run_id} is FAILED and keeps what finished: resume it with "
@@ -55,7 +55,22 @@ def run_cycles(job: Job) -> float:
     for c in range(1, int(job.cfg.cycles) + 1):
         rows.append(day(job, c) | night(job, c) | evaluate(job, c))
     console.print_cycles(rows, job.run_id, job.tracker.uri, job.cfg.experiment_name)
+    console.print_loop(loop_closed(job), (rows[0]["eval/pass_rate"], rows[-1]["eval/pass_rate"]),
+                       tiny=job.cfg.model.backend == "tiny")
     return rows[-1]["eval/pass_rate"]
+
+
+def loop_closed(job: Job) -> list[tuple[int, int, int]]:
+    """Per day c after a night: (c, the train koans night c-1 learned, how many of them day c passed)."""
+    from sleepy.metrics import koan_outcomes
+
+    out = []
+    for c in range(2, int(job.cfg.cycles) + 1):
+        learned, days = job.adapters.learned(c - 1), job.history.episodes("day", c)
+        if learned and days.height:
+            passed = koan_outcomes(days, job.settings.max_attempts).filter("passed")["koan_id"]
+            out.append((c, len(learned), len(learned & set(passed))))
+    return out
 
 
 def day(job: Job, cycle: int) -> dict[str, float]:
@@ -82,7 +97,8 @@ def night(job: Job, cycle: int) -> dict[str, float]:
         self_samples=n.self_samples, temperature=n.self_temperature, max_tokens=job.settings.max_tokens,
         adapter=job.load_adapter(previous), seed=sample_seed(cfg.seed, "night", cycle))
     earlier = job.adapters.examples(before=cycle) if cfg.lora.mode == "new" else []
-    metrics = {f"night/{k}": float(v) for k, v in stats.items()} | {"night/examples": len(examples) + len(earlier)}
+    metrics = {f"night/{k}": float(v) for k, v in stats.items()} | {"night/examples": len(examples) + len(earlier),
+                                                                     "night/examples_new": len(examples)}
     if examples or earlier:
         metrics |= train_adapter(job, cycle, examples, earlier, previous).as_mlflow()
     job.tracker.log_metrics(metrics, step=cycle)

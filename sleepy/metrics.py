@@ -15,27 +15,22 @@ from dataclasses import dataclass
 
 import polars as pl
 
-Z95 = 1.959963984540054
 
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Proportion and its Wilson score interval (scipy); (nan, nan, nan) when n == 0."""
+    from scipy.stats import binomtest
 
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float, float]:
-    """Proportion and its Wilson score interval (95% by default); (nan, nan, nan) when n == 0."""
     if n == 0:
         return math.nan, math.nan, math.nan
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
+    return successes / n, float(ci.low), float(ci.high)
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant pairs b and c."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    """Two-sided exact McNemar p-value from the discordant pairs b and c: b ~ Binomial(b + c, 1/2) (scipy)."""
+    from scipy.stats import binomtest
+
+    return 1.0 if b + c == 0 else float(binomtest(int(b), int(b + c), 0.5).pvalue)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -108,6 +108,8 @@ def print_rows(table: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from sleepy.console import show
+
     def pct(x):
         return "-" if x != x else f"{100 * x:.0f}%"
 
@@ -120,4 +122,4 @@ def print_rows(table: list[dict], title: str) -> None:
         changed = f"{r['gained'] + r['lost']} (+{r['gained']}/-{r['lost']})" if r["compared"] else "-"
         t.add_row(label(r["subset"], r["check_mode"]), str(r["n"]), f"{pct(r['pass_rate'])} [{pct(r['lo'])}, "
                   f"{pct(r['hi'])}]", changed, points(r["mde"]) if r["compared"] else "-", points(r["best_mde"]))
-    Console(width=max(Console().width, 120)).print(t)
+    show(t, width=max(Console().width, 120))

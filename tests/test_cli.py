@@ -37,6 +37,70 @@ def test_show_unknown_id_is_a_clear_error():
     assert rc == 2 and "no koan with id 'no_such_koan'" in err and "Traceback" not in err
 
 
+def test_show_json_gives_every_field_and_the_solution_only_when_asked(builtin):
+    koan = builtin.koans[0]
+    rc, out, err = run_cli("-m", "sleepy.koans", "show", koan.id, "--json")
+    assert rc == 0, err
+    shown = json.loads(out)
+    assert (shown["id"], shown["code"], shown["tests"]) == (koan.id, koan.code, koan.tests) and "solution" not in shown
+    assert shown["expected_errors"] == list(koan.expected_errors)
+    rc, out, _ = run_cli("-m", "sleepy.koans", "show", koan.id, "--json", "--solution")
+    assert rc == 0 and json.loads(out)["solution"] == koan.solution
+
+
+def test_judge_a_fix_against_a_koans_tests_as_the_agent_does(tmp_path, builtin):
+    """--koan: the file is read as a model's reply (its rust block) and judged with the koan's own tests."""
+    koan = next(k for k in builtin.koans if k.split == "train" and k.tests)
+    reply = tmp_path / "reply.md"
+    reply.write_text(f"Here is the fix:\n\n```rust\n{koan.solution}\n```\n")
+    rc, out, err = run_cli("-m", "sleepy.koans", "judge", "--koan", koan.id, str(reply))
+    assert rc == 0, out + err
+    assert f"koan {koan.id}: PASS (ok)" in out
+    broken = tmp_path / "broken.rs"
+    broken.write_text(koan.code)
+    rc, out, _ = run_cli("-m", "sleepy.koans", "judge", "--koan", koan.id, str(broken), "--json")
+    v = json.loads(out)
+    assert rc == 1 and v["koan"] == koan.id and not v["passed"] and v["reason"] == "compile_error"
+    assert set(koan.expected_errors) <= set(v["error_codes"])
+
+
+def test_judge_a_fix_that_games_the_tests_fails(tmp_path, builtin):
+    """A fix that gets rid of the koan's tests does not pass: the koan's tests are appended whatever the file holds."""
+    koan = next(k for k in builtin.koans if k.split == "train" and k.tests)
+    gutted = tmp_path / "gutted.rs"
+    gutted.write_text("#![cfg(any())]\nfn main() {}\n")
+    rc, out, _ = run_cli("-m", "sleepy.koans", "judge", "--koan", koan.id, str(gutted))
+    assert rc == 1 and f"koan {koan.id}: FAIL" in out
+    rc, _, err = run_cli("-m", "sleepy.koans", "judge", "--koan", koan.id, str(gutted), "--mode", "check")
+    assert rc == 2 and "leave out --tests and --mode" in err and "Traceback" not in err
+
+
+def closed_early(*args: str) -> tuple[int, bytes, str]:
+    """Run `python -m ARGS` with stdout a small pipe that is closed after one line was read, as `| head -1` does."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, so the writer is still writing when the reader goes
+    p = subprocess.Popen([sys.executable, "-m", *args], stdout=w, stderr=subprocess.PIPE, cwd=ROOT)
+    os.close(w)
+    line = b""
+    while not line.endswith(b"\n"):
+        line += os.read(r, 1)
+    os.close(r)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, line, err.decode()
+
+
+def test_a_reader_that_goes_away_early_ends_the_command_quietly():
+    for args in (("sleepy.koans", "list", "--json"), ("sleepy.koans", "list"), ("sleepy", "--help")):
+        rc, line, err = closed_early(*args)
+        assert line and "Traceback" not in err and "BrokenPipe" not in err, (args, err)
+        assert rc == 141, args  # as if killed by SIGPIPE, like other command line tools
+
+
 def test_judge_json_reports_the_verdict(tmp_path):
     src = tmp_path / "broken.rs"
     src.write_text("fn main() {\n    let n: i32 = \"seven\";\n}\n")

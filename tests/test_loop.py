@@ -80,6 +80,9 @@ def test_rank_by_subspace_sweep_gives_one_report_row_per_configuration(tmp_path)
                         f"adapters_dir={tmp_path}/adapters", f"hydra.sweep.dir={tmp_path}/multirun"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert "Warning" not in r.stderr, r.stderr[-3000:]  # nothing the joblib workers' libraries warn reaches the user
+    logs = sorted((tmp_path / "multirun").glob("*/__main__.log"))
+    assert len(logs) == 8 and all("night 1:" in log.read_text() for log in logs)
     result = report(tmp_path, "lora")
     rows = {(row["config"]["lora.r"], row["config"]["subspace.method"]): row for row in result["rows"]}
     assert sorted(rows) == [("4", "none"), ("4", "share"), ("8", "none"), ("8", "share")]

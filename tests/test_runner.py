@@ -16,6 +16,27 @@ def test_cfg_job_prints_the_composed_config():
     assert "families:\n  - lifetimes" in out and "split: eval" in out and "isolation: auto" in out
 
 
+def test_shell_completion_is_hydras():
+    """Hydra's own flags and their words pass sleepy's key check untouched."""
+    rc, out, err = run_cli("-m", "sleepy", "-sc", "install=bash")
+    assert rc == 0, err
+    assert "hydra_bash_completion()" in out and "complete -o nospace -o default -F hydra_bash_completion" in out
+    rc, out, err = run_cli("-m", "sleepy", "-sc", "query=bash", env_extra={"COMP_LINE": "sleepy model=",
+                                                                            "COMP_POINT": "13"})
+    assert rc == 0, err
+    assert "model=tiny" in out.split() and "model=ollama" in out.split()
+
+
+def test_hydras_flags_with_values_are_not_taken_for_config_keys():
+    rc, out, err = run_cli("-m", "sleepy", "--cfg", "job", "--package", "agent", "agent.max_attempts=2")
+    assert rc == 0, err
+    assert "# @package agent" in out and "max_attempts: 2" in out
+    rc, out, err = run_cli("-m", "sleepy", "--info", "searchpath")
+    assert rc == 0 and "file://" in out, err
+    rc, _, err = run_cli("-m", "sleepy", "-c", "job", "-p", "koans", "koans.familes=[x]")  # the overrides still are
+    assert rc == 2 and "unknown config key 'koans.familes'" in err
+
+
 def test_a_mistyped_key_is_named():
     rc, _, err = run_cli("-m", "sleepy", "koans.familes=[x]")
     assert rc == 2 and "unknown config key 'koans.familes'" in err
@@ -37,6 +58,19 @@ def test_verify_stage_judges_the_selected_koans(tmp_path):
 def test_unknown_family_in_config_is_a_clear_error(tmp_path):
     rc, _, err = run_cli("-m", "sleepy", "koans.families=[borrowing]", f"hydra.run.dir={tmp_path}/run")
     assert rc == 2 and "unknown family 'borrowing'" in err and "Traceback" not in err
+
+
+def test_the_job_log_holds_the_runs_progress_and_summaries(tmp_path):
+    """Hydra's job log (<hydra.run.dir>/__main__.log) gets what the run printed, through the `sleepy` logger."""
+    rc, out, err = run_cli("-m", "sleepy", "stage=eval", "koans=borrow_checker", "koans.count=1", "agent.max_attempts=1",
+                           "agent.max_tokens=16", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                           f"episodes.uri={tmp_path}/episodes", f"hydra.run.dir={tmp_path}/run")
+    assert rc == 0, err[-3000:]
+    log = (tmp_path / "run" / "__main__.log").read_text()
+    assert "[sleepy][INFO] - eval 0: 1 koans attempted (0 kept from before), passed " in log
+    assert "eval cycle 0, base model" in log and "eval cycle 0 by pack and subset" in log
+    assert "eval cycle 0, base model" in out  # still printed, once
+    assert out.count("eval cycle 0, base model") == 1 and "[sleepy]" not in out
 
 
 @pytest.mark.slow

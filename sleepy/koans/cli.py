@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 from sleepy.koans.model import KoanError, read_utf8, wrap_tests
+from sleepy.pipes import quiet_on_closed_pipe
 
 PROG = "sleepy-koans"
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -50,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("id")
     pack_arg(c)
     c.add_argument("--solution", action="store_true", help="also print the solution")
+    c.add_argument("--json", action="store_true", help="the koan's fields as JSON (its solution only with --solution)")
     c.set_defaults(func=cmd_show)
 
     c = sub.add_parser("verify", help="check every koan: broken code fails as declared, solution passes")
@@ -58,10 +61,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_verify)
 
-    c = sub.add_parser("judge", help="judge one Rust file in the sandbox")
-    c.add_argument("file", type=Path)
-    c.add_argument("--tests", type=Path, help="Rust test functions or a #[cfg(test)] module to append")
-    c.add_argument("--mode", default="test", choices=["check", "test", "run"])
+    c = sub.add_parser("judge", help="judge one Rust file in the sandbox: alone, or as a fix of a koan (--koan)",
+                       description="Judge one Rust file in the sandbox. With --koan ID the file is a fix of that koan, "
+                                   "judged as the agent's fixes are: its program is read the way a model's reply is "
+                                   "(the longest rust code block, else the whole file), then judged with the koan's "
+                                   "tests, mode and lints. Exit 0 when it passes, 1 when not.")
+    c.add_argument("file", type=Path, metavar="FILE", help="a Rust file (or, with --koan, a model's reply)")
+    c.add_argument("--koan", metavar="ID", help="judge FILE as a fix of this koan, against its tests")
+    pack_arg(c)
+    c.add_argument("--tests", type=Path, help="Rust test functions or a #[cfg(test)] module to append (not with --koan)")
+    c.add_argument("--mode", default=None, choices=["check", "test", "run"],
+                   help="default: test (with --koan: the koan's own)")
     sandbox_args(c)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_judge)
@@ -126,6 +136,12 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     k = _pack(args).get(args.id)
+    if args.json:
+        koan = k.to_dict()
+        if not args.solution:
+            koan.pop("solution", None)
+        print(json.dumps(koan, indent=1, default=list))
+        return 0
     print(f"# {k.id}: {k.title}\npack: {k.pack}   family: {k.family}   split: {k.split}   mode: {k.mode}")
     if k.mode == "check":
         print("judged in check mode: the fix must compile with no error; there are no tests")
@@ -165,13 +181,18 @@ def cmd_verify(args) -> int:
 
 
 def cmd_judge(args) -> int:
-    code = read_utf8(args.file)
-    tests = read_utf8(args.tests) if args.tests else ""
-    if tests and "#[cfg(test)]" not in tests:
-        tests = wrap_tests(tests)
-    v = _sandbox(args).judge(code, tests, args.mode)
+    text = read_utf8(args.file)
+    if args.koan:
+        if args.tests or args.mode:
+            raise ValueError("--koan judges with the koan's own tests and mode; leave out --tests and --mode")
+        v = judge_fix(_pack(args).get(args.koan), text, _sandbox(args))
+    else:
+        tests = read_utf8(args.tests) if args.tests else ""
+        if tests and "#[cfg(test)]" not in tests:
+            tests = wrap_tests(tests)
+        v = _sandbox(args).judge(text, tests, args.mode or "test")
     if args.json:
-        print(json.dumps(v.to_dict(), indent=1))
+        print(json.dumps(v.to_dict() | ({"koan": args.koan} if args.koan else {}), indent=1))
     else:
         for d in v.errors:
             print(d.rendered.rstrip())
@@ -179,7 +200,18 @@ def cmd_judge(args) -> int:
             print(v.output.rstrip()[-4000:])
         print(f"{v.reason}: compiled={v.compiled} tests_passed={v.tests_passed} "
               f"errors={','.join(v.error_codes) or '-'} isolation={v.isolation} {v.wall_ms:.0f} ms")
+        if args.koan:
+            print(f"koan {args.koan}: {'PASS' if v.passed else 'FAIL'} ({v.reason})")
     return 0 if v.passed else 1
+
+
+def judge_fix(koan, reply: str, sandbox):
+    """A fix of `koan` judged exactly as the agent's are: the program read out of the reply (sleepy.prompt.extract_fix),
+    then the koan's program (its tests, mode, lints, the solution's API) in the sandbox."""
+    from sleepy.prompt import extract_fix
+
+    (verdict,) = sandbox.judge_many([koan.program(extract_fix(reply))])
+    return verdict
 
 
 def cmd_lock(args) -> int:

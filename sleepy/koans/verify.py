@@ -54,9 +54,11 @@ def verify_koans(koans: list[Koan], sandbox) -> dict:
 
 
 def print_report(report: dict) -> None:
+    from sleepy.console import say
+
     for f in report["failed"]:
-        print(f"FAIL {f['id']}: {f['why']}")
+        say(f"FAIL {f['id']}: {f['why']}")
     for s in report["skipped"]:
-        print(f"SKIP {s['id']}: {s['why']}")
-    print(f"{report['verified']}/{report['koans']} koans verified, {len(report['failed'])} failed, "
-          f"{len(report['skipped'])} skipped (isolation: {report['isolation']})")
+        say(f"SKIP {s['id']}: {s['why']}")
+    say(f"{report['verified']}/{report['koans']} koans verified, {len(report['failed'])} failed, "
+        f"{len(report['skipped'])} skipped (isolation: {report['isolation']})")

