@@ -166,7 +166,9 @@ def load_runs(uri: str, experiment: str):
         names = ", ".join(e.name for e in client.search_experiments()) or "none"
         raise SystemExit(f"sleepy-report: error: no MLflow experiment '{experiment}' at {uri} (there are: {names})")
     runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=5000)
-    return client, [r for r in runs if r.data.tags.get("sleepy.report") != "true"]
+    # a sweep's parent run holds no results of its own: its children are the configurations
+    return client, [r for r in runs if r.data.tags.get("sleepy.report") != "true"
+                    and r.data.tags.get("sleepy.sweep") != "parent"]
 
 
 def configurations(runs) -> tuple[list[str], dict[tuple, list]]:
