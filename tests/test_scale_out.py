@@ -34,7 +34,11 @@ def finished_runs(uri):
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("scale")
-    return client, client.search_runs([exp.experiment_id])
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("sleepy.sweep") == "parent"]  # the sweep's own run
+    jobs = [r for r in runs if r is not parent]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in jobs} == {parent.info.run_id}
+    return client, jobs
 
 
 @pytest.mark.slow
