@@ -75,8 +75,9 @@ def test_judge_a_fix_that_games_the_tests_fails(tmp_path, builtin):
     assert rc == 2 and "leave out --tests and --mode" in err and "Traceback" not in err
 
 
-def closed_early(*args: str) -> tuple[int, bytes, str]:
-    """Run `python -m ARGS` with stdout a small pipe that is closed after one line was read, as `| head -1` does."""
+def closed_early(*args: str, lines: int = 1) -> tuple[int, bytes, str]:
+    """Run `python -m ARGS` with stdout a small pipe that is closed after LINES lines were read, as `| head -1` does
+    (`| head -0` with LINES=0: closed before the command writes anything)."""
     import fcntl
     import os
     import subprocess
@@ -84,20 +85,25 @@ def closed_early(*args: str) -> tuple[int, bytes, str]:
 
     r, w = os.pipe()
     fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, so the writer is still writing when the reader goes
+    if not lines:
+        os.close(r)
     p = subprocess.Popen([sys.executable, "-m", *args], stdout=w, stderr=subprocess.PIPE, cwd=ROOT)
     os.close(w)
-    line = b""
-    while not line.endswith(b"\n"):
-        line += os.read(r, 1)
-    os.close(r)
+    read = b""
+    while lines and read.count(b"\n") < lines:
+        read += os.read(r, 1)
+    if lines:
+        os.close(r)
     _, err = p.communicate(timeout=120)
-    return p.returncode, line, err.decode()
+    return p.returncode, read, err.decode()
 
 
 def test_a_reader_that_goes_away_early_ends_the_command_quietly():
-    for args in (("sleepy.koans", "list", "--json"), ("sleepy.koans", "list"), ("sleepy", "--help")):
-        rc, line, err = closed_early(*args)
-        assert line and "Traceback" not in err and "BrokenPipe" not in err, (args, err)
+    # each listing is longer than the pipe holds, so the command is still writing when the reader goes after a line;
+    # `sleepy --help` (2 KB) could be written whole before that, so its reader goes before it writes anything
+    for args, lines in ((("sleepy.koans", "list", "--json"), 1), (("sleepy.koans", "list"), 1), (("sleepy", "--help"), 0)):
+        rc, read, err = closed_early(*args, lines=lines)
+        assert read.count(b"\n") == lines and "Traceback" not in err and "BrokenPipe" not in err, (args, err)
         assert rc == 141, args  # as if killed by SIGPIPE, like other command line tools
 
 
