@@ -81,7 +81,10 @@ def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped
 def print_night(cycle: int, metrics: dict[str, float], subspace: str, r: int) -> None:
     """The night: its examples and training, and for a subspace how much of the adapters' variance the bases keep."""
     if "night/steps" not in metrics:
-        say(f"night {cycle}: no verified target for any failed koan; no adapter trained")
+        if metrics.get("night/failed_koans") == 0:
+            say(f"night {cycle}: day {cycle} failed no train koan; nothing new to learn, no adapter trained")
+        else:
+            say(f"night {cycle}: no verified target for any failed koan; no adapter trained")
         return
     new, total = metrics.get("night/examples_new", metrics["night/examples"]), metrics["night/examples"]
     sources = [f"{v:.0f} {k.removeprefix('night/targets_')}" for k, v in metrics.items()
@@ -107,13 +110,16 @@ def print_cycles(rows: list[dict], run_id: str, uri: str, experiment: str) -> No
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"experiment {experiment}, run {run_id}")
-    for col in ("cycle", "day pass", "night examples (new / total)", "eval pass (95% CI)", "median steps",
-                "repeat errors", "persistent failures", "regressions", "McNemar p vs 0", "MDE vs 0", "BWT", "forgetting"):
-        t.add_column(col, justify="right")
+    t = Table(title=f"experiment {experiment}, run {run_id}",
+              caption="night examples: the night's new verified examples / all the nights' so far")
+    for col in ("cycle", "day pass", "night examples", "eval pass (95% CI)", "median steps", "repeat errors",
+                "persistent failures", "regressions", "McNemar p vs 0", "MDE vs 0", "BWT", "forgetting"):
+        t.add_column(col, justify="right", min_width={"night examples": 11, "eval pass (95% CI)": 16}.get(col))
+    so_far = 0
     for c, r in enumerate(rows):
-        total = r.get("night/examples")
-        examples = "-" if total is None else f"{num(r.get('night/examples_new', total))} / {num(total)}"
+        new = r.get("night/examples_new", r.get("night/examples"))
+        so_far += new or 0
+        examples = "-" if new is None else f"{num(new)} new / {so_far:.0f}"
         t.add_row(str(c), pct(r.get("day/pass_rate")), examples,
                   f"{pct(r['eval/pass_rate'])} [{pct(r['eval/pass_rate_lo'])}, {pct(r['eval/pass_rate_hi'])}]",
                   num(r["eval/median_steps"], "{:.1f}"), pct(r.get("eval/repeat_error_rate")),
