@@ -137,11 +137,20 @@ def print_loop(closed: list[tuple[int, int, int]], eval_rates: tuple[float, floa
     """Whether the loop closed: per day c, of the train koans night c-1 trained on, how many day c passed; with the
     tiny model, what that does and does not show."""
     for day, trained, passed in closed:
-        say(f"The loop: night {day - 1} trained on {trained} failed train koans, and day {day} passed {passed} of them.")
-    if tiny:
-        say(f"This is the tiny random model memorising the train koans it was trained on, not learning Rust: the eval "
-            f"koans, which no night trains on, stay at chance ({pct(eval_rates[0])} at cycle 0, {pct(eval_rates[1])} "
-            "at the last cycle). A real model (see README.md) is needed to measure learning.")
+        say(f"The loop: night {day - 1} trained on {trained} failed train koan{'s' * (trained != 1)}, and day {day} "
+            f"passed {passed} of them.")
+    if not tiny:
+        return
+    chance = (f"the eval koans, which no night trains on, stay at chance ({pct(eval_rates[0])} at cycle 0, "
+              f"{pct(eval_rates[1])} at the last cycle)")
+    if any(passed for _, _, passed in closed):
+        say(f"This is the tiny random model memorising the train koans it was trained on, not learning Rust: {chance}. "
+            "A real model (see README.md) is needed to measure learning.")
+    elif closed:
+        say(f"The tiny model is random and did not memorise its train koans in this night's steps (the smoke "
+            f"experiment's night does): its pass rates are noise, and {chance}.")
+    else:
+        say(f"The tiny model is random: its pass rates are noise, and {chance}.")
 
 
 class Progress:
