@@ -10,13 +10,14 @@ import logging
 import sys
 
 log = logging.getLogger("sleepy")
+log.addHandler(logging.NullHandler())  # outside a Hydra job (a CLI, a test) what is printed is not repeated
 
 
 def to_job_log() -> None:
-    """Record the run's output in the job log Hydra set up (its file handlers on the root logger), once: the
-    terminal already gets it printed, with colour."""
+    """Record the run's output in the job log Hydra set up (the file handlers on the root logger), and only there:
+    the terminal gets it printed, with colour."""
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    log.handlers = files
+    log.handlers = files or [logging.NullHandler()]  # no job log (hydra/job_logging=disabled): printed only
     log.setLevel(logging.INFO)
     log.propagate = False
 
