@@ -10,13 +10,14 @@ import logging
 import sys
 
 log = logging.getLogger("sleepy")
+log.addHandler(logging.NullHandler())  # outside a Hydra job (a CLI, a test) what is printed is not repeated
 
 
 def to_job_log() -> None:
-    """Record the run's output in the job log Hydra set up (its file handlers on the root logger), once: the
-    terminal already gets it printed, with colour."""
+    """Record the run's output in the job log Hydra set up (the file handlers on the root logger), and only there:
+    the terminal gets it printed, with colour."""
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-    log.handlers = files
+    log.handlers = files or [logging.NullHandler()]  # no job log (hydra/job_logging=disabled): printed only
     log.setLevel(logging.INFO)
     log.propagate = False
 
@@ -81,7 +82,10 @@ def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped
 def print_night(cycle: int, metrics: dict[str, float], subspace: str, r: int) -> None:
     """The night: its examples and training, and for a subspace how much of the adapters' variance the bases keep."""
     if "night/steps" not in metrics:
-        say(f"night {cycle}: no verified target for any failed koan; no adapter trained")
+        if metrics.get("night/failed_koans") == 0:
+            say(f"night {cycle}: day {cycle} failed no train koan; nothing new to learn, no adapter trained")
+        else:
+            say(f"night {cycle}: no verified target for any failed koan; no adapter trained")
         return
     new, total = metrics.get("night/examples_new", metrics["night/examples"]), metrics["night/examples"]
     sources = [f"{v:.0f} {k.removeprefix('night/targets_')}" for k, v in metrics.items()
@@ -107,13 +111,16 @@ def print_cycles(rows: list[dict], run_id: str, uri: str, experiment: str) -> No
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"experiment {experiment}, run {run_id}")
-    for col in ("cycle", "day pass", "night examples (new / total)", "eval pass (95% CI)", "median steps",
-                "repeat errors", "persistent failures", "regressions", "McNemar p vs 0", "MDE vs 0", "BWT", "forgetting"):
-        t.add_column(col, justify="right")
+    t = Table(title=f"experiment {experiment}, run {run_id}",
+              caption="night examples: the night's new verified examples / all the nights' so far")
+    for col in ("cycle", "day pass", "night examples", "eval pass (95% CI)", "median steps", "repeat errors",
+                "persistent failures", "regressions", "McNemar p vs 0", "MDE vs 0", "BWT", "forgetting"):
+        t.add_column(col, justify="right", min_width={"night examples": 11, "eval pass (95% CI)": 16}.get(col))
+    so_far = 0
     for c, r in enumerate(rows):
-        total = r.get("night/examples")
-        examples = "-" if total is None else f"{num(r.get('night/examples_new', total))} / {num(total)}"
+        new = r.get("night/examples_new", r.get("night/examples"))
+        so_far += new or 0
+        examples = "-" if new is None else f"{num(new)} new / {so_far:.0f}"
         t.add_row(str(c), pct(r.get("day/pass_rate")), examples,
                   f"{pct(r['eval/pass_rate'])} [{pct(r['eval/pass_rate_lo'])}, {pct(r['eval/pass_rate_hi'])}]",
                   num(r["eval/median_steps"], "{:.1f}"), pct(r.get("eval/repeat_error_rate")),
@@ -131,11 +138,20 @@ def print_loop(closed: list[tuple[int, int, int]], eval_rates: tuple[float, floa
     """Whether the loop closed: per day c, of the train koans night c-1 trained on, how many day c passed; with the
     tiny model, what that does and does not show."""
     for day, trained, passed in closed:
-        say(f"The loop: night {day - 1} trained on {trained} failed train koans, and day {day} passed {passed} of them.")
-    if tiny:
-        say(f"This is the tiny random model memorising the train koans it was trained on, not learning Rust: the eval "
-            f"koans, which no night trains on, stay at chance ({pct(eval_rates[0])} at cycle 0, {pct(eval_rates[1])} "
-            "at the last cycle). A real model (see README.md) is needed to measure learning.")
+        say(f"The loop: night {day - 1} trained on {trained} failed train koan{'s' * (trained != 1)}, and day {day} "
+            f"passed {passed} of them.")
+    if not tiny:
+        return
+    chance = (f"the eval koans, which no night trains on, stay at chance ({pct(eval_rates[0])} at cycle 0, "
+              f"{pct(eval_rates[1])} at the last cycle)")
+    if any(passed for _, _, passed in closed):
+        say(f"This is the tiny random model memorising the train koans it was trained on, not learning Rust: {chance}. "
+            "A real model (see README.md) is needed to measure learning.")
+    elif closed:
+        say(f"The tiny model is random and did not memorise its train koans in this night's steps (the smoke "
+            f"experiment's night does): its pass rates are noise, and {chance}.")
+    else:
+        say(f"The tiny model is random: its pass rates are noise, and {chance}.")
 
 
 class Progress:

@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     from sleepy.tracking import tracking_uri
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the runs' episodes are read quietly
     ap = argparse.ArgumentParser(prog="sleepy-report", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="sleepy", help="MLflow experiment name (default: sleepy)")
     ap.add_argument("--tracking-uri", default=None, help="default: sqlite:///mlruns/mlflow.db (under the working directory)")

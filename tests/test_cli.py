@@ -76,8 +76,8 @@ def test_judge_a_fix_that_games_the_tests_fails(tmp_path, builtin):
 
 
 def closed_early(*args: str, lines: int = 1) -> tuple[int, bytes, str]:
-    """Run `python -m ARGS` with stdout a small pipe that is closed after LINES lines were read, as `| head -1` does
-    (`| head -0` with LINES=0: closed before the command writes anything)."""
+    """Run `python -m ARGS` with stdout a small pipe that is closed after `lines` lines were read, as `| head -1`
+    does (0: before the command writes anything)."""
     import fcntl
     import os
     import subprocess
@@ -86,25 +86,29 @@ def closed_early(*args: str, lines: int = 1) -> tuple[int, bytes, str]:
     r, w = os.pipe()
     fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ: the smallest pipe, so the writer is still writing when the reader goes
     if not lines:
-        os.close(r)
+        os.close(r)  # before the command starts, so it cannot have written everything first
     p = subprocess.Popen([sys.executable, "-m", *args], stdout=w, stderr=subprocess.PIPE, cwd=ROOT)
     os.close(w)
-    read = b""
-    while lines and read.count(b"\n") < lines:
-        read += os.read(r, 1)
+    line = b""
+    while lines and line.count(b"\n") < lines:
+        line += os.read(r, 1)
     if lines:
         os.close(r)
     _, err = p.communicate(timeout=120)
-    return p.returncode, read, err.decode()
+    return p.returncode, line, err.decode()
 
 
 def test_a_reader_that_goes_away_early_ends_the_command_quietly():
-    # each listing is longer than the pipe holds, so the command is still writing when the reader goes after a line;
-    # `sleepy --help` (2 KB) could be written whole before that, so its reader goes before it writes anything
-    for args, lines in ((("sleepy.koans", "list", "--json"), 1), (("sleepy.koans", "list"), 1), (("sleepy", "--help"), 0)):
-        rc, read, err = closed_early(*args, lines=lines)
-        assert read.count(b"\n") == lines and "Traceback" not in err and "BrokenPipe" not in err, (args, err)
+    for args in (("sleepy.koans", "list", "--json"), ("sleepy.koans", "list")):  # more than the pipe holds
+        rc, line, err = closed_early(*args)
+        assert line.endswith(b"\n") and "Traceback" not in err and "BrokenPipe" not in err, (args, err)
         assert rc == 141, args  # as if killed by SIGPIPE, like other command line tools
+    for args in (("sleepy.koans", "show", "--json", "bc_bank_transfer"), ("sleepy", "--help"),
+                 ("sleepy", "--info", "all"), ("sleepy.report", "--help")):  # less than it holds; --info logs
+        rc, _, err = closed_early(*args, lines=0)
+        assert "Traceback" not in err and "Logging error" not in err and "BrokenPipe" not in err, (args, err)
+        assert rc == (0 if args[-1] == "--help" and args[0] != "sleepy" else 141), args  # argparse's help
+        # swallows a closed pipe itself (exit 0)
 
 
 def test_judge_json_reports_the_verdict(tmp_path):

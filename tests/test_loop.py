@@ -17,11 +17,11 @@ pytestmark = pytest.mark.timeout(1500)  # whole cycles on a busy 2-core machine
 
 
 def sleepy(tmp_path, *overrides):
-    """+experiment=smoke on three borrow_checker koans, with `overrides` taking precedence."""
+    """+experiment=smoke on three borrow_checker koans, a fresh LoRA every night, with `overrides` taking precedence."""
     env = dict(os.environ, SLEEPY_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
     given = {o.split("=", 1)[0] for o in overrides}
-    base = [o for o in ("koans=borrow_checker", "koans.count=3", "agent.max_tokens=600", "lora=r32", "night.steps=200",
-                        "night.lr=5e-3") if o.split("=", 1)[0] not in given]
+    base = [o for o in ("koans.families=[borrow_checker]", "koans.count=3", "agent.max_tokens=600", "lora=r32",
+                        "lora.mode=new", "night.steps=200", "night.lr=5e-3") if o.split("=", 1)[0] not in given]
     r = subprocess.run([sys.executable, "-m", "sleepy", "+experiment=smoke", *base,
                         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"episodes.uri={tmp_path}/episodes",
                         f"adapters_dir={tmp_path}/adapters", f"hydra.run.dir={tmp_path}/run-{len(overrides)}",
@@ -108,7 +108,7 @@ def test_share_with_family_routing_serves_each_koan_its_familys_adapter(tmp_path
     from sleepy.routing import family_by_code
     from sleepy.sandbox import Sandbox
 
-    sleepy(tmp_path, "subspace=share", "subspace.route=family", "koans=all", "koans.count=1", "cycles=2",
+    sleepy(tmp_path, "subspace=share", "subspace.route=family", "koans.families=null", "koans.count=1", "cycles=2",
            "agent.max_tokens=100", "night.steps=5")
     store = EpisodeStore(tmp_path / "episodes")
     run_id = store.frame(stage="day", cycle=1)["run_id"][0]

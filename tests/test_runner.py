@@ -85,8 +85,12 @@ def test_verify_stage_judges_every_builtin_koan_from_a_cold_cache(tmp_path, buil
 
 
 @pytest.mark.slow
-def test_main_job_smoke_experiment_runs_offline(tmp_path):
-    """The README's main job: eval 0, then 2 x [day -> night -> eval] on the tiny model, all in MLflow."""
+def test_main_job_smoke_experiment_runs_offline_and_closes_the_loop(tmp_path):
+    """The README's main job: eval 0, then 2 x [day -> night -> eval] on the tiny model, all in MLflow. Night 1
+    memorises the reference fixes of the train koans day 1 failed, so day 2 passes them, and the run says what that
+    does and does not show."""
+    import re
+
     from mlflow.tracking import MlflowClient
 
     rc, out, err = run_cli("-m", "sleepy", "+experiment=smoke", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
@@ -95,19 +99,28 @@ def test_main_job_smoke_experiment_runs_offline(tmp_path):
                            env_extra={"SLEEPY_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}, timeout=900)
     assert rc == 0, err[-3000:]
     assert "experiment smoke" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    loop = re.search(r"The loop: night 1 trained on (\d+) failed train koans, and day 2 passed (\d+) of them", out)
+    assert loop and int(loop.group(1)) == 2 and int(loop.group(2)) > 0, out[-3000:]
+    assert "tiny random model memorising the train koans it was trained on" in out and "stay at chance" in out
+    assert "2 new / 2" in out  # night 1's examples: new / all the nights' so far
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     assert run.info.status == "FINISHED"
     keys = ("eval/pass_rate", "day/pass_rate", "night/examples", "eval/persistent_failure_rate", "eval/mcnemar_p",
             "recall/pass_rate", "cl/bwt", "cl/forgetting", "cl/fwt")
-    steps = {key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in keys}
-    assert steps == {"eval/pass_rate": [0, 1, 2], "day/pass_rate": [1, 2], "night/examples": [1, 2],
-                     "eval/persistent_failure_rate": [1, 2], "eval/mcnemar_p": [1, 2], "recall/pass_rate": [1, 2],
-                     "cl/bwt": [2], "cl/forgetting": [2], "cl/fwt": [2]}
+    history = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)} for key in keys}
+    assert {key: sorted(h) for key, h in history.items()} == {
+        "eval/pass_rate": [0, 1, 2], "day/pass_rate": [1, 2], "night/examples": [1, 2],
+        "eval/persistent_failure_rate": [1, 2], "eval/mcnemar_p": [1, 2], "recall/pass_rate": [1, 2],
+        "cl/bwt": [2], "cl/forgetting": [2], "cl/fwt": [2]}
+    assert history["day/pass_rate"][1] == 0 and history["day/pass_rate"][2] > 0  # the loop closed on the train koans
+    assert history["recall/pass_rate"][1] > 0
     assert run.info.run_name == "experiment=smoke · cycles2"  # what differs, then the stage; no paths
-    assert (tmp_path / "adapters" / run.info.run_id / "cycle2" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "adapters" / run.info.run_id / "cycle1" / "adapter_model.safetensors").exists()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapters")}
-    assert artifacts == {"adapters/cycle1", "adapters/cycle2"}
+    assert "adapters/cycle1" in artifacts
+    log = (tmp_path / "run" / "__main__.log").read_text()
+    assert "night 1: trained on 2 new examples (2 reference)" in log and "The loop: night 1" in log
 
 
 @pytest.fixture(scope="module")
