@@ -62,12 +62,20 @@ def local_dirs(uri: str, artifact_root: str | None) -> list[Path]:
 
 
 def run_name(cfg) -> str:
-    """What differs, then what runs: the command line's overrides in short (`lora=r16 seed=1`), then the cycles of
-    the experiment or the one stage and cycle (`cycles3`, `eval2`)."""
+    """What differs, then what runs: the command line's overrides in short (`lora=r16 seed=1`; in a sweep only the
+    swept ones, the rest being the same for every job and in the `hydra.overrides` tag), then the cycles of the
+    experiment or the one stage and cycle (`cycles3`, `eval2`)."""
     what = f"cycles{cfg.cycles}" if cfg.stage == "cycle" else f"{cfg.stage}{cfg.cycle}"
     hc = _hydra()
-    short = " ".join(short_overrides(list(hc.overrides.task))) if hc else ""
+    overrides = list(hc.overrides.task) if hc else []
+    if (sweep := sweep_dir()) is not None and (swept := {_key(o) for o in swept_overrides(sweep)}):
+        overrides = [o for o in overrides if _key(o) in swept]
+    short = " ".join(short_overrides(overrides))
     return f"{short} · {what}"[:250] if short else what
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
 
 
 def short_overrides(overrides: list[str], stage: bool = False) -> list[str]:
@@ -118,19 +126,23 @@ def sweep_dir() -> Path | None:
     return Path(hc.sweep.dir).resolve() if hc is not None and hc.mode == RunMode.MULTIRUN else None
 
 
-def sweep_name(sweep: Path) -> str:
-    """A sweep's parent run is named for the overrides it sweeps (`lora=r4,r8 seed=0,1 · sweep`), read from the
-    sweep's multirun.yaml."""
+def swept_overrides(sweep: Path) -> list[str]:
+    """The overrides a sweep sweeps (`lora=r4,r8`, `seed=range(2)`), read from its multirun.yaml; none where there is
+    no such file (another sweeper) or Hydra cannot parse it."""
     import yaml
 
     try:
         task = yaml.safe_load((sweep / "multirun.yaml").read_text(encoding="utf-8"))["hydra"]["overrides"]["task"]
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        swept = [o.input_line for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()]
-    except Exception:  # noqa: BLE001 - no multirun.yaml (another sweeper), or one Hydra cannot parse: name the dir
-        swept = []
-    short = short_overrides(swept, stage=True)
+        return [o.input_line for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()]
+    except Exception:  # noqa: BLE001 - a name falls back to the sweep dir's, or to all the overrides
+        return []
+
+
+def sweep_name(sweep: Path) -> str:
+    """A sweep's parent run is named for the overrides it sweeps (`lora=r4,r8 seed=0,1 · sweep`)."""
+    short = short_overrides(swept_overrides(sweep), stage=True)
     return f"{' '.join(short)} · sweep"[:250] if short else f"sweep {sweep.name}"
 
 

@@ -147,7 +147,9 @@ def test_a_sweep_is_one_parent_run_with_its_jobs_as_children(sweep):
     assert parent.info.run_name == "seed=0,1 · sweep" and parent.info.status == "FINISHED"
     assert parent.data.tags["sleepy.sweep_dir"] == str((tmp / "multirun").resolve())
     assert len(children) == 2 and {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert sorted(c.info.run_name.split()[0] for c in children) == ["seed=0", "seed=1"]
+    # a job is named for what it sweeps; the overrides every job shares are in its hydra.overrides tag
+    assert sorted(c.info.run_name for c in children) == ["seed=0 · eval0", "seed=1 · eval0"]
+    assert all("koans.count=2" in c.data.tags["hydra.overrides"] for c in children)
     assert {c.info.status for c in children} == {"FINISHED"}
     assert [a.path for a in client_of(tmp).list_artifacts(parent.info.run_id, "hydra")] == ["hydra/multirun.yaml"]
 
