@@ -17,7 +17,7 @@ import sys
 
 from sleepy import console
 from sleepy.config import ConfigError, validate
-from sleepy.job import Job, make_sandbox, uwsh_sources
+from sleepy.job import Job
 
 
 def run(cfg) -> float | None:
@@ -31,7 +31,9 @@ def run(cfg) -> float | None:
     try:
         validate(cfg)
         if cfg.stage == "verify":
-            return verify(cfg)
+            from sleepy.koans.verify import stage
+
+            return stage(cfg)
         job = Job(cfg)
         with job:
             if cfg.stage == "cycle":
@@ -55,22 +57,10 @@ def run_cycles(job: Job) -> float:
     for c in range(1, int(job.cfg.cycles) + 1):
         rows.append(day(job, c) | night(job, c) | evaluate(job, c))
     console.print_cycles(rows, job.run_id, job.tracker.uri, job.cfg.experiment_name)
-    console.print_loop(loop_closed(job), (rows[0]["eval/pass_rate"], rows[-1]["eval/pass_rate"]),
-                       tiny=job.cfg.model.backend == "tiny")
+    learned = {c: job.adapters.learned(c - 1) for c in range(2, int(job.cfg.cycles) + 1)}  # day c after night c-1
+    loop = [(c, len(k), len(k & job.history.passed("day", c))) for c, k in learned.items() if k]
+    console.print_loop(loop, (rows[0]["eval/pass_rate"], rows[-1]["eval/pass_rate"]), tiny=job.cfg.model.backend == "tiny")
     return rows[-1]["eval/pass_rate"]
-
-
-def loop_closed(job: Job) -> list[tuple[int, int, int]]:
-    """Per day c after a night: (c, the train koans night c-1 learned, how many of them day c passed)."""
-    from sleepy.metrics import koan_outcomes
-
-    out = []
-    for c in range(2, int(job.cfg.cycles) + 1):
-        learned, days = job.adapters.learned(c - 1), job.history.episodes("day", c)
-        if learned and days.height:
-            passed = koan_outcomes(days, job.settings.max_attempts).filter("passed")["koan_id"]
-            out.append((c, len(learned), len(learned & set(passed))))
-    return out
 
 
 def day(job: Job, cycle: int) -> dict[str, float]:
@@ -83,6 +73,7 @@ def night(job: Job, cycle: int) -> dict[str, float]:
     task, trained on them (and with lora.mode=new on every earlier night's) -> adapter <cycle>, served from now on."""
     from sleepy.models.base import sample_seed
     from sleepy.night.dataset import build_examples, earlier_successes, failed_koans
+    from sleepy.night.train import train_adapter
 
     cfg, n = job.cfg, job.cfg.night
     if not cfg.night.enabled or job.adapters.done(cycle):  # disabled, or resumed after this night finished
@@ -105,29 +96,6 @@ def night(job: Job, cycle: int) -> dict[str, float]:
     job.tracker.set_tags({f"night.{cycle}.episodes_version": str(job.store.version())})
     console.print_night(cycle, metrics, cfg.subspace.method, cfg.lora.r)
     return metrics
-
-
-def train_adapter(job: Job, cycle: int, examples: list, earlier: list, previous: int | None):
-    """Fit night `cycle`'s adapter in a partial directory, then finish it (examples, DONE), log and serve it."""
-    from sleepy.night.adapters import origin
-    from sleepy.night.fit import fit_night, night_tasks
-
-    cfg = job.cfg
-    family_of = {k.id: k.family for k in job.pack.koans} if cfg.subspace.method != "none" and \
-        cfg.subspace.route == "family" else None
-    steps_before = int(sum(v for c, v in job.tracker.history("night/steps").items() if c < cycle))
-    with job.tracker.stream("night/loss", offset=steps_before) as on_step:  # step = the run's training step
-        fit = fit_night(job.backend.path, night_tasks([*earlier, *examples], cycle, family_of),
-                        job.adapters.partial(cycle), lora=cfg.lora, night=cfg.night, subspace=cfg.subspace,
-                        device=cfg.model.device, dtype=cfg.model.dtype, seed=int(cfg.seed) * 1000 + cycle,
-                        previous=job.adapters.dir(previous) if previous else None,
-                        sources=lambda: uwsh_sources(cfg, job.adapters.root), on_step=on_step)
-    out = job.adapters.commit(cycle, examples, {"episodes_version": job.store.version(), "tasks": fit.tasks})
-    job.tracker.log_artifacts(out, f"adapters/cycle{cycle}")
-    if fit.sources:  # uwsh's basis: which adapters, of which runs
-        job.tracker.log_json([origin(p) for p in fit.sources], f"adapters/cycle{cycle}", "uwsh_sources.json")
-    job.load_adapter(cycle)
-    return fit
 
 
 def evaluate(job: Job, cycle: int) -> dict[str, float]:
@@ -171,7 +139,6 @@ def attempt(job: Job, stage: str, cycle: int, koans: list, night: int | None) ->
     """The agent attempts the koans this run has not finished at (stage, cycle), served night `night`'s adapter;
     the stage's metrics over all of them, logged at step = cycle."""
     from sleepy.agent import StageContext, attempt_koans
-    from sleepy.metrics import koan_outcomes
 
     job.tracker.log_koans(stage, koans, job.pack.root)
     adapter = job.load_adapter(night)
@@ -189,39 +156,4 @@ def attempt(job: Job, stage: str, cycle: int, koans: list, night: int | None) ->
 
             attempt_koans(todo, job.backend, job.sandbox, job.settings, ctx, on_done, job.memory(stage, cycle),
                           router=job.router(night))
-    metrics, table = job.stage_metrics(stage, cycle)
-    job.tracker.log_metrics(metrics, step=cycle)
-    job.tracker.set_tags({f"episodes.version.{stage}.{cycle}": str(job.store.version())})
-    episodes = job.history.episodes(stage, cycle)
-    job.tracker.log_frame(episodes, "episodes", f"episodes_{stage}_{cycle}.parquet")
-    job.tracker.log_csv(koan_outcomes(episodes, job.settings.max_attempts), "episodes", f"summary_{stage}_{cycle}.csv")
-    console.print_summary(table, stage, cycle, job.run_id, skipped=len(done), adapter=adapter)
-    if metrics.get(f"{stage}/model_errors"):
-        model_errors(job, stage, cycle)
-    return metrics
-
-
-def model_errors(job: Job, stage: str, cycle: int) -> None:
-    """Say that some model calls failed (not enough to stop the stage), and tag the first error."""
-    import polars as pl
-
-    failed = job.history.episodes(stage, cycle).filter(pl.col("reason") == "model_error")
-    first = failed["signature"][0].removeprefix("model_error: ")
-    job.tracker.set_tags({f"{stage}.{cycle}.first_model_error": first[:500]})
-    console.warn(f"{stage} cycle {cycle}: {failed.height} model calls failed (first: {first[:200]}); their koans are "
-                 f"attempted again when the run is resumed with run_id={job.run_id}")
-
-
-def verify(cfg) -> float:
-    """Judge every selected koan: broken code must fail as declared, the solution must pass, no eval koan leaks."""
-    from sleepy.koans.registry import load_configured
-    from sleepy.koans.verify import print_report
-    from sleepy.koans.verify import verify as verify_all
-
-    k = cfg.koans
-    sandbox = make_sandbox(cfg.sandbox)
-    report = verify_all(load_configured(k, sandbox).select(family=k.families, split=k.split, count=k.count), sandbox)
-    print_report(report)
-    if report["failed"]:
-        sys.exit(1)
-    return report["verified"] / max(1, report["koans"])
+    return job.finish_stage(stage, cycle, skipped=len(done), adapter=adapter)

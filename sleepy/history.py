@@ -23,6 +23,13 @@ class History:
         """This run's episodes of (stage, cycle)."""
         return self.store.frame(run_id=self.run_id, stage=stage, cycle=cycle)
 
+    def passed(self, stage: str, cycle: int) -> set[str]:
+        """The koans this run passed at (stage, cycle)."""
+        from sleepy.metrics import koan_outcomes
+
+        episodes = self.episodes(stage, cycle)
+        return set(koan_outcomes(episodes, self.max_attempts).filter("passed")["koan_id"]) if episodes.height else set()
+
     def earlier(self, stage: str, cycle: int):
         """This run's episodes of (stage, cycle), else the baseline run's, else None."""
         own = self.episodes(stage, cycle)

@@ -28,10 +28,11 @@ class Job:
 
         from sleepy.config import AgentConfig
         from sleepy.koans.registry import load_configured
+        from sleepy.sandbox import Sandbox
 
         self.cfg = cfg
         self.settings = AgentConfig(**OmegaConf.to_container(cfg.agent))
-        self.sandbox = make_sandbox(cfg.sandbox)
+        self.sandbox = Sandbox.from_config(cfg.sandbox)
         self.pack = load_configured(cfg.koans, self.sandbox)
         self.eval_ids = {k.id for k in self.pack.koans if k.split == "eval"}
         self._backend = self._teacher = None
@@ -157,15 +158,31 @@ class Job:
         before = cycle if stage == "day" else cycle + 1
         return Memory(self.store, self.run_id, before, self.cfg.memory.k, self.cfg.memory.source)
 
-    def stage_metrics(self, stage: str, cycle: int):
-        """The stage's metrics at `cycle` and its per-family table, against the cycle before and the stage's first
-        cycle as this run's history has them (its own, else the named baseline run's, else absent)."""
-        from sleepy.metrics import stage_metrics
+    def finish_stage(self, stage: str, cycle: int, skipped: int, adapter: str | None) -> dict[str, float]:
+        """The stage's metrics at `cycle`, against the cycle before and the stage's first cycle as this run's history
+        has them (its own, else the named baseline run's, else absent), logged at step = cycle with its episodes
+        (Parquet, and a per-koan CSV the MLflow UI shows) and printed; a warning when some model calls failed."""
+        from sleepy import console
+        from sleepy.metrics import koan_outcomes, stage_metrics
 
-        h = self.history
-        return stage_metrics(stage, h.episodes(stage, cycle), h.earlier(stage, cycle - 1) if cycle > 0 else None,
-                             h.baseline(stage, cycle), max_attempts=self.settings.max_attempts,
-                             samples=self.settings.samples, expected={k.id: k.expected_errors for k in self.pack.koans})
+        h, t = self.history, self.tracker
+        episodes = h.episodes(stage, cycle)
+        metrics, table = stage_metrics(stage, episodes, h.earlier(stage, cycle - 1) if cycle > 0 else None,
+                                       h.baseline(stage, cycle), max_attempts=self.settings.max_attempts,
+                                       samples=self.settings.samples,
+                                       expected={k.id: k.expected_errors for k in self.pack.koans})
+        t.log_metrics(metrics, step=cycle)
+        t.set_tags({f"episodes.version.{stage}.{cycle}": str(self.store.version())})
+        t.log_frame(episodes, "episodes", f"episodes_{stage}_{cycle}.parquet")
+        t.log_csv(koan_outcomes(episodes, self.settings.max_attempts), "episodes", f"summary_{stage}_{cycle}.csv")
+        console.print_summary(table, stage, cycle, self.run_id, skipped=skipped, adapter=adapter)
+        if metrics.get(f"{stage}/model_errors"):  # not enough to stop the stage: say so, tag the first
+            first = episodes.filter(episodes["reason"] == "model_error")["signature"][0].removeprefix("model_error: ")
+            t.set_tags({f"{stage}.{cycle}.first_model_error": first[:500]})
+            console.warn(f"{stage} cycle {cycle}: {int(metrics[f'{stage}/model_errors'])} model calls failed (first: "
+                         f"{first[:200]}); their koans are attempted again when the run is resumed with "
+                         f"run_id={self.run_id}")
+        return metrics
 
 
 def preflight(cfg, sandbox, koans) -> None:
@@ -187,7 +204,7 @@ def check_sandbox(s, sandbox, koan) -> None:
     sandbox's sake (limits too small, an edition the koans are not written for)."""
     verdict = sandbox.judge_program(koan.program(koan.solution))
     if not verdict.passed:  # judged again, afresh: a failure cached from a flaky judgement must not stop every job
-        verdict = make_sandbox(s, use_cache=False).judge_program(koan.program(koan.solution))
+        verdict = type(sandbox).from_config(s, use_cache=False).judge_program(koan.program(koan.solution))
     if not verdict.passed:
         raise ValueError(f"sandbox pre-flight: the solution of koan {koan.id} does not pass ({verdict.reason}: "
                          f"{(verdict.signature or verdict.output.strip())[:160]}) with sandbox.edition={s.edition} and "
@@ -215,15 +232,6 @@ def uwsh_sources(cfg, mine: Path | None = None) -> list[Path]:
         raise ValueError(f"subspace.source={source}: no peft LoRA adapter there to extract the uwsh basis from "
                          "(run +experiment=lora first, or point subspace.source at a directory of adapters)")
     return found
-
-
-def make_sandbox(s, use_cache: bool | None = None):
-    """The sandbox the `sandbox` config group describes (use_cache: override sandbox.cache)."""
-    from sleepy.sandbox import Sandbox, SandboxLimits
-
-    return Sandbox(edition=s.edition, isolation_level=s.isolation, jobs=s.jobs,
-                   use_cache=s.cache if use_cache is None else use_cache, limits=SandboxLimits(**s.limits),
-                   runs=s.runs)
 
 
 def writable(path: Path, key: str) -> None:

@@ -1,6 +1,6 @@
 """Verify koans: each broken program fails as declared, each solution passes, no eval koan leaks.
 
-The one verify path: `sleepy-koans verify` and the runner's `stage=verify` both call `verify`.
+The one verify path: `sleepy-koans verify` and the runner's `stage=verify` (`stage`) both call `verify`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,22 @@ def verify(koans: list[Koan], sandbox) -> dict:
     report["verified"] = judged_ok - len({f["id"] for f in report["failed"]})
     report["isolation"] = sandbox.isolation
     return report
+
+
+def stage(cfg) -> float:
+    """The runner's `stage=verify`: the configured koans verified in the configured sandbox; exit 1 if any fails."""
+    import sys
+
+    from sleepy.koans.registry import load_configured
+    from sleepy.sandbox import Sandbox
+
+    k = cfg.koans
+    sandbox = Sandbox.from_config(cfg.sandbox)
+    report = verify(load_configured(k, sandbox).select(family=k.families, split=k.split, count=k.count), sandbox)
+    print_report(report)
+    if report["failed"]:
+        sys.exit(1)
+    return report["verified"] / max(1, report["koans"])
 
 
 def verify_koans(koans: list[Koan], sandbox) -> dict:

@@ -129,6 +129,12 @@ class Sandbox:
         for slot in range(self.jobs):
             self._slots.put(slot)
 
+    @classmethod
+    def from_config(cls, s, use_cache: bool | None = None) -> Sandbox:
+        """The sandbox the `sandbox` config group describes (use_cache: override sandbox.cache)."""
+        return cls(edition=s.edition, isolation_level=s.isolation, jobs=s.jobs,
+                   use_cache=s.cache if use_cache is None else use_cache, limits=SandboxLimits(**s.limits), runs=s.runs)
+
     # -- public ---------------------------------------------------------------------------------
     def judge(self, code: str, tests: str = "", mode: str = "test", clippy: bool = False) -> Verdict:
         """Judge one program: compile it with the koan's tests, then run them."""
