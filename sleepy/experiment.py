@@ -195,7 +195,8 @@ def attempt(job: Job, stage: str, cycle: int, koans: list, night: int | None) ->
     episodes = job.history.episodes(stage, cycle)
     job.tracker.log_frame(episodes, "episodes", f"episodes_{stage}_{cycle}.parquet")
     job.tracker.log_csv(koan_outcomes(episodes, job.settings.max_attempts), "episodes", f"summary_{stage}_{cycle}.csv")
-    console.print_summary(table, stage, cycle, job.run_id, skipped=len(done), adapter=adapter)
+    console.print_summary(table, stage, cycle, job.run_id, skipped=len(done), adapter=adapter, attempts=episodes.height,
+                          model_errors=int(metrics.get(f"{stage}/model_errors", 0)))
     if metrics.get(f"{stage}/model_errors"):
         model_errors(job, stage, cycle)
     return metrics

@@ -104,7 +104,7 @@ class Job:
         if self._backend is None:
             from sleepy.models import make_backend
 
-            self._backend = make_backend(self.cfg.model, seed=int(self.cfg.seed))
+            self._backend = make_backend(self.cfg.model, seed=int(self.cfg.seed), max_tokens=self.cfg.agent.max_tokens)
         return self._backend
 
     def teacher(self):
