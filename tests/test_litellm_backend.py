@@ -166,15 +166,22 @@ def test_concurrency_follows_the_slots_a_llama_cpp_server_reports():
     assert 0.75 < elapsed < 2.5
 
 
-@pytest.mark.parametrize("fields,provider,expected,why", [
-    ({"owned_by": "me"}, "openai", 1, "llama-cpp-python"),  # llama-cpp-python's /v1/models
-    ({"status": {"value": "loaded"}}, "openai", 1, "transformers serve"),  # transformers serve's /v1/models
-    ({}, "openai", 4, "does not say"),
-    ({}, "vllm", 8, "vLLM"),
-    ({}, "ollama", 1, "OLLAMA_NUM_PARALLEL"),
+LLAMA_CPP_PYTHON = {"info": {"title": "llama.cpp Python API"}, "paths": {"/v1/chat/completions": {}, "/extras/tokenize": {}}}
+TRANSFORMERS_SERVE = {"paths": {p: {} for p in ("/health", "/load_model", "/reset", "/v1/chat/completions", "/v1/models",
+                                                "/v1/systemone")}}
+
+
+@pytest.mark.parametrize("fields,openapi,provider,expected,why", [
+    ({"owned_by": "me"}, None, "openai", 1, "llama-cpp-python"),  # llama-cpp-python's /v1/models
+    ({}, LLAMA_CPP_PYTHON, "openai", 1, "llama-cpp-python"),  # its FastAPI schema
+    ({"status": {"value": "loaded"}}, None, "openai", 1, "transformers serve"),  # a model it has loaded
+    ({}, TRANSFORMERS_SERVE, "openai", 1, "transformers serve"),  # its schema, before any model is loaded
+    ({}, None, "openai", 4, "does not say"),
+    ({}, None, "vllm", 8, "vLLM"),
+    ({}, None, "ollama", 1, "OLLAMA_NUM_PARALLEL"),
 ])
-def test_concurrency_falls_back_to_what_the_server_is_known_to_do(fields, provider, expected, why):
-    with ScriptedLLMServer(Script(), model_fields=fields) as server:
+def test_concurrency_falls_back_to_what_the_server_is_known_to_do(fields, openapi, provider, expected, why):
+    with ScriptedLLMServer(Script(), model_fields=fields, openapi=openapi) as server:
         backend = LiteLLMBackend("scripted", provider, server.url + ("" if provider == "ollama" else "/v1"))
         backend.size()
     assert backend.concurrency == expected and why in backend.sized_by

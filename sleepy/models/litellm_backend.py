@@ -238,8 +238,9 @@ def server_slots(provider: str, api_base: str | None, timeout_s: float = 10.0) -
     """How many requests the server behind `api_base` serves at once, and how that was found out:
 
     - llama.cpp's llama-server: `GET /props` says `total_slots` (its --parallel);
-    - llama-cpp-python's server (its /v1/models lists models `owned_by: me`): one request at a time, behind a lock;
-    - `transformers serve` (its /v1/models gives each model a `status`): one at a time on one inference thread,
+    - llama-cpp-python's server (its FastAPI schema, `GET /openapi.json`, has /extras/tokenize; its /v1/models says
+      `owned_by: me`): one request at a time, behind a lock;
+    - `transformers serve` (its schema has /v1/systemone and /load_model): one at a time on one inference thread,
       unless started with --continuous-batching (then set model.concurrency);
     - vLLM, Ollama, anything else, or no api_base (a hosted API): not exposed, FALLBACK_CONCURRENCY[provider].
     """
@@ -250,11 +251,12 @@ def server_slots(provider: str, api_base: str | None, timeout_s: float = 10.0) -
     root = base.removesuffix("/v1")
     if (props := _get_json(root + "/props", timeout_s)) is not None and isinstance(props.get("total_slots"), int):
         return max(1, props["total_slots"]), "llama.cpp server: /props says total_slots"
-    if provider != "ollama" and isinstance(models := _get_json(base + "/models", timeout_s), dict):
-        data = [m for m in models.get("data") or [] if isinstance(m, dict)]
-        if any(m.get("owned_by") == "me" for m in data):
+    if provider != "ollama":
+        paths = set((_get_json(root + "/openapi.json", timeout_s) or {}).get("paths") or {})
+        models = [m for m in (_get_json(base + "/models", timeout_s) or {}).get("data") or [] if isinstance(m, dict)]
+        if "/extras/tokenize" in paths or any(m.get("owned_by") == "me" for m in models):
             return 1, "llama-cpp-python's server answers one request at a time"
-        if any(isinstance(m.get("status"), dict) for m in data):
+        if {"/v1/systemone", "/load_model"} <= paths or any(isinstance(m.get("status"), dict) for m in models):
             return 1, "transformers serve generates one request at a time (unless --continuous-batching)"
     why = {"vllm": "vLLM batches continuously and does not expose max_num_seqs",
            "ollama": "Ollama does not expose OLLAMA_NUM_PARALLEL, 1 unless set",

@@ -72,12 +72,13 @@ class ScriptedLLMServer:
 
     def __init__(self, script: Script, latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0,
                  model: str = "scripted", strict_models: bool = False, slots: int | None = None,
-                 model_fields: dict | None = None):
+                 model_fields: dict | None = None, openapi: dict | None = None):
         self.script = script
         self.latency_s = latency_s
         self.model = model
         self.slots = slots  # like llama.cpp's llama-server: GET /props says total_slots (None: no /props route)
         self.model_fields = model_fields or {}  # extra fields of each /v1/models entry, as other servers add
+        self.openapi = openapi  # a FastAPI server's GET /openapi.json (None: no such route)
         self.strict_models = strict_models  # like vLLM: only the base model and loaded adapters answer
         self.adapters: dict[str, str] = {}  # LoRA adapters loaded at runtime, name -> path
         self.log: list[dict] = []
@@ -143,6 +144,8 @@ def _handler(server: ScriptedLLMServer):
             if self.path.rstrip("/") == "/v1/models":
                 self._json(200, {"object": "list", "data": [{"id": server.model, "object": "model",
                                                              **server.model_fields}]})
+            elif self.path.rstrip("/") == "/openapi.json" and server.openapi is not None:
+                self._json(200, server.openapi)
             elif self.path.rstrip("/") == "/props" and server.slots is not None:
                 self._json(200, {"total_slots": server.slots, "model_alias": server.model})
             elif self.path.rstrip("/") == "/api/tags":
