@@ -76,6 +76,8 @@ def test_the_rules_that_tie_keys_together():
     assert "night.trainer" in error and "peft" in error
     (error,) = check(compose("model.backend=litellm"))
     assert "model.provider" in error
+    (error,) = check(compose("model=llamacpp", "model.stream=true"))
+    assert "config key 'model.stream' is true with model.backend=llamacpp; valid: false" in error
 
 
 def test_a_missing_mandatory_value_is_named():
@@ -87,7 +89,7 @@ def test_a_missing_mandatory_value_is_named():
 def test_served_models_size_concurrency_and_timeout_from_the_server_and_max_tokens(model):
     cfg = compose(f"model={model}", "model.name=m", "model.api_base=http://h/v1")
     assert check(cfg) == [] and cfg.model.concurrency is None and cfg.model.timeout_s is None
-    assert cfg.model.min_tokens_per_s > 0 and cfg.model.stream == (model == "llamacpp")
+    assert cfg.model.min_tokens_per_s > 0 and cfg.model.stream is False
 
 
 def test_edition_from_the_command_line_is_a_string():

@@ -9,8 +9,10 @@ runs.
 
 An abandoned request is cancelled where the server allows it: at its deadline the client closes the connection
 (the asyncio deadline cancels the request, and httpx drops a connection whose response it did not read). llama.cpp's
-llama-server, vLLM and Ollama stop generating when the client disconnects; llama-cpp-python's server and
-`transformers serve` notice only while streaming, so `stream=True` (model.stream) asks for the reply in chunks.
+llama-server, vLLM and Ollama stop generating when the client disconnects; `transformers serve` notices only while
+streaming, so `stream=True` (model.stream) asks for the reply in chunks (measured: the next request waited 12 s
+behind an abandoned whole one, 0.15 s behind an abandoned streamed one). llama-cpp-python's server stops neither,
+and gets stuck on an abandoned stream (see llamacpp.py).
 """
 
 from __future__ import annotations
@@ -194,8 +196,8 @@ class LiteLLMBackend:
 
     @staticmethod
     async def _streamed(litellm, request: dict) -> tuple[str, int, int]:
-        """The reply in chunks; the token counts from the server's usage chunk, else (llama-cpp-python sends none)
-        the chunks of text, one token each on llama.cpp."""
+        """The reply in chunks; the token counts from the server's usage chunk, else litellm's estimate (it counts
+        the text when the server sends none), else the chunks of text."""
         r = await litellm.acompletion(**request, stream=True, stream_options={"include_usage": True})
         parts, usage = [], None
         try:

@@ -7,11 +7,12 @@ through litellm; LoRA adapters served as GGUF LoRA model aliases.
     model.api_base set:                 a server already running there
 
 The server holds one model in memory and answers one request at a time (no parallel slots), so requests go out one
-by one: more in flight would only wait on its lock while their timeouts ran. Replies are streamed: the server stops
-generating an abandoned (timed-out) request only when a write to its closed connection fails, which a non-streamed
-reply never attempts before it is complete. Each night's peft adapter is exported
-as a GGUF LoRA (with an Ollama Modelfile beside it) and becomes a model alias of the restarted server; the server
-switches to an alias's weights when a request names it.
+by one: more in flight would only wait on its lock while their timeouts ran. An abandoned (timed-out) request is
+not stopped: the server generates it to max_tokens while the next request waits (its timeout running). Streaming
+does not help: a streamed reply abandoned mid-way leaves llama-cpp-python 0.3.36 stuck (its publisher waits on a
+full channel that no one reads, holding the lock; measured), so model.stream=true is refused for this backend.
+Each night's peft adapter is exported as a GGUF LoRA (with an Ollama Modelfile beside it) and becomes a model alias
+of the restarted server; the server switches to an alias's weights when a request names it.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class LlamaServer:
         self.port = free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         config = self.log_path.with_name(self.log_path.stem + ".config.json")
-        # interrupt_requests off: a streamed reply is never cut short because another request is waiting
+        # interrupt_requests off: a streamed reply (model.api_base with stream) is never cut short by a waiting request
         config.write_text(json.dumps({"host": "127.0.0.1", "port": self.port, "interrupt_requests": False,
                                       "models": self.models}, indent=1))
         with open(self.log_path, "a", encoding="utf-8") as log:
@@ -176,7 +177,7 @@ class LlamaCppBackend(LiteLLMBackend):
     def __init__(self, name: str, gguf: str | None = None, api_base: str | None = None, *, threads: int = 1,
                  threads_batch: int | None = None, n_ctx: int = 8192, concurrency: int | None = None,
                  timeout_s: float | None = None, timeout_base_s: float = 120.0, min_tokens_per_s: float = 2.0,
-                 stream: bool = True, retries: int = 3, cache_dir: str | None = None, path: str | None = None,
+                 stream: bool = False, retries: int = 3, cache_dir: str | None = None, path: str | None = None,
                  dtype: str = "bfloat16", log_dir: str | Path | None = None, api_key: str | None = None):
         from sleepy.models.gguf_model import inspect_model
 
