@@ -60,9 +60,15 @@ class ModelConfig:
     path: str | None = knob(None, "hf: a local directory or a hub id in the local cache; the night's base weights")
     api_base: str | None = knob(None, "litellm: the server's address; llamacpp: a server already running there")
     api_key: str | None = knob(None, "litellm: the key, if the server wants one")
-    concurrency: int = knob(8, "litellm: requests in flight", ge=1)
-    timeout_s: float = knob(120.0, "litellm/llamacpp: seconds per call", gt=0)
-    retries: int = knob(3, "litellm/llamacpp: retries with exponential backoff", ge=0)
+    concurrency: int | None = knob(None, "litellm/llamacpp: requests in flight; null: what the server says it serves "
+                                         "at once (llama.cpp /props), else a default per provider", ge=1)
+    timeout_s: float | None = knob(None, "litellm/llamacpp: seconds per call; null: timeout_base_s + max_tokens / "
+                                         "min_tokens_per_s", gt=0)
+    timeout_base_s: float = knob(60.0, "litellm/llamacpp: a call's time before its first token (queue, prompt)", gt=0)
+    min_tokens_per_s: float = knob(4.0, "litellm/llamacpp: the slowest generation that is not a timeout", gt=0)
+    stream: bool = knob(False, "litellm: stream replies, so a server that stops an abandoned request only while "
+                               "streaming (transformers serve) stops it; token counts: the server's, else litellm's count")
+    retries: int = knob(3, "litellm/llamacpp: retries with exponential backoff (never after a timeout)", ge=0)
     cache_dir: str | None = knob(None, "litellm: replay identical requests from this directory")
     batch_size: int = knob(8, "hf/tiny: prompts per generate call", ge=1)
     device: str = knob("auto", "hf/tiny: auto | cpu | cuda[:N]")
@@ -254,6 +260,9 @@ def _rules(cfg) -> list[str]:
     for name, value in cfg.sandbox.limits.items():
         if not isinstance(value, int | float) or value <= 0:
             errors.append(f"config key 'sandbox.limits.{name}' is {_show(value)}; valid: > 0")
+    if cfg.model.backend == "llamacpp" and cfg.model.stream:
+        errors.append("config key 'model.stream' is true with model.backend=llamacpp; valid: false (llama-cpp-python's "
+                      "server gets stuck when a streamed reply is abandoned at its timeout)")
     if cfg.model.backend == "litellm" and cfg.model.provider is None:
         errors.append("config key 'model.provider' is null with model.backend=litellm; valid: openai, ollama, vllm")
     return errors

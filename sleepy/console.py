@@ -62,13 +62,15 @@ def num(x, fmt: str = "{:.0f}") -> str:
 
 
 def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped: int = 0,
-                  adapter: str | None = None) -> None:
-    """One stage: per family and overall, the pass rate with its interval, steps, repeat and persistent failures."""
+                  adapter: str | None = None, attempts: int | None = None, model_errors: int = 0) -> None:
+    """One stage: per family and overall, the pass rate with its interval, steps, repeat and persistent failures;
+    under it the stage's attempts and how many of them were model errors (a call that failed: no reply to judge)."""
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"{stage} cycle {cycle}, {adapter or 'base model'}  (run {run_id}"
-                    f"{f', resumed: {skipped} koans kept' if skipped else ''})")
+                    f"{f', resumed: {skipped} koans kept' if skipped else ''})",
+              caption=None if attempts is None else f"{attempts} attempts, {model_errors} model errors")
     for col in ("family", "koans", "pass rate (95% CI)", "median steps", "steps, all koans", "repeat errors",
                 "persistent failures"):
         t.add_column(col, justify="left" if col == "family" else "right")

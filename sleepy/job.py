@@ -105,7 +105,7 @@ class Job:
         if self._backend is None:
             from sleepy.models import make_backend
 
-            self._backend = make_backend(self.cfg.model, seed=int(self.cfg.seed))
+            self._backend = make_backend(self.cfg.model, seed=int(self.cfg.seed), max_tokens=self.cfg.agent.max_tokens)
         return self._backend
 
     def teacher(self):
@@ -175,7 +175,8 @@ class Job:
         t.set_tags({f"episodes.version.{stage}.{cycle}": str(self.store.version())})
         t.log_frame(episodes, "episodes", f"episodes_{stage}_{cycle}.parquet")
         t.log_csv(koan_outcomes(episodes, self.settings.max_attempts), "episodes", f"summary_{stage}_{cycle}.csv")
-        console.print_summary(table, stage, cycle, self.run_id, skipped=skipped, adapter=adapter)
+        console.print_summary(table, stage, cycle, self.run_id, skipped=skipped, adapter=adapter,
+                              attempts=episodes.height, model_errors=int(metrics.get(f"{stage}/model_errors", 0)))
         if metrics.get(f"{stage}/model_errors"):  # not enough to stop the stage: say so, tag the first
             first = episodes.filter(episodes["reason"] == "model_error")["signature"][0].removeprefix("model_error: ")
             t.set_tags({f"{stage}.{cycle}.first_model_error": first[:500]})

@@ -40,7 +40,10 @@ BAD = [
     ("sandbox.limits.run_s=0", "sandbox.limits.run_s", "> 0"),
     ("sandbox.limits.run_s=-1", "sandbox.limits.run_s", "> 0"),
     ("sandbox.edition=2099", "sandbox.edition", "2015, 2018, 2021, 2024"),
-    ("model.concurrency=0", "model.concurrency", ">= 1"),
+    ("model.concurrency=0", "model.concurrency", ">= 1 or null"),
+    ("model.timeout_s=0", "model.timeout_s", "> 0 or null"),
+    ("model.timeout_base_s=-1", "model.timeout_base_s", "> 0"),
+    ("model.min_tokens_per_s=0", "model.min_tokens_per_s", "> 0"),
     ("agent.max_tokens=0", "agent.max_tokens", ">= 1"),
     ("agent.prompt=clever", "agent.prompt", "plain, explain, memory"),
     ("night.targets=[self,oracle]", "night.targets", "self, teacher, reference"),
@@ -73,11 +76,20 @@ def test_the_rules_that_tie_keys_together():
     assert "night.trainer" in error and "peft" in error
     (error,) = check(compose("model.backend=litellm"))
     assert "model.provider" in error
+    (error,) = check(compose("model=llamacpp", "model.stream=true"))
+    assert "config key 'model.stream' is true with model.backend=llamacpp; valid: false" in error
 
 
 def test_a_missing_mandatory_value_is_named():
     (error,) = check(compose("koans=rustlings"))
     assert "config key 'koans.pack' has no value" in error
+
+
+@pytest.mark.parametrize("model", ["openai", "vllm", "ollama", "llamacpp"])
+def test_served_models_size_concurrency_and_timeout_from_the_server_and_max_tokens(model):
+    cfg = compose(f"model={model}", "model.name=m", "model.api_base=http://h/v1")
+    assert check(cfg) == [] and cfg.model.concurrency is None and cfg.model.timeout_s is None
+    assert cfg.model.min_tokens_per_s > 0 and cfg.model.stream is False
 
 
 def test_edition_from_the_command_line_is_a_string():

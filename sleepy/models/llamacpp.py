@@ -7,9 +7,12 @@ through litellm; LoRA adapters served as GGUF LoRA model aliases.
     model.api_base set:                 a server already running there
 
 The server holds one model in memory and answers one request at a time (no parallel slots), so requests go out one
-by one: more in flight would only wait on its lock while their timeouts ran. Each night's peft adapter is exported
-as a GGUF LoRA (with an Ollama Modelfile beside it) and becomes a model alias of the restarted server; the server
-switches to an alias's weights when a request names it.
+by one: more in flight would only wait on its lock while their timeouts ran. An abandoned (timed-out) request is
+not stopped: the server generates it to max_tokens while the next request waits (its timeout running). Streaming
+does not help: a streamed reply abandoned mid-way leaves llama-cpp-python 0.3.36 stuck (its publisher waits on a
+full channel that no one reads, holding the lock; measured), so model.stream=true is refused for this backend.
+Each night's peft adapter is exported as a GGUF LoRA (with an Ollama Modelfile beside it) and becomes a model alias
+of the restarted server; the server switches to an alias's weights when a request names it.
 """
 
 from __future__ import annotations
@@ -100,7 +103,9 @@ class LlamaServer:
         self.port = free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         config = self.log_path.with_name(self.log_path.stem + ".config.json")
-        config.write_text(json.dumps({"host": "127.0.0.1", "port": self.port, "models": self.models}, indent=1))
+        # interrupt_requests off: a streamed reply (model.api_base with stream) is never cut short by a waiting request
+        config.write_text(json.dumps({"host": "127.0.0.1", "port": self.port, "interrupt_requests": False,
+                                      "models": self.models}, indent=1))
         with open(self.log_path, "a", encoding="utf-8") as log:
             log.write(f"\n=== sleepy: starting llama.cpp server on port {self.port} ({time.strftime('%F %T')}), "
                       f"config {config}\n")
@@ -162,17 +167,6 @@ def last_line(path: Path) -> str:
     return said[-1][:300] if said else ""
 
 
-def server_slots(api_base: str, timeout_s: float = 10.0) -> int:
-    """Requests a running server serves at once: llama.cpp's own server says so at /props; llama-cpp-python's
-    serves one."""
-    root = api_base.rstrip("/").removesuffix("/v1")
-    try:
-        with urllib.request.urlopen(root + "/props", timeout=timeout_s) as r:
-            return max(1, int(json.loads(r.read()).get("total_slots", 1)))
-    except (OSError, ValueError, TypeError):
-        return 1
-
-
 class LlamaCppBackend(LiteLLMBackend):
     """generate() over llama.cpp's OpenAI server: managed (model.gguf) or running (model.api_base)."""
 
@@ -181,9 +175,10 @@ class LlamaCppBackend(LiteLLMBackend):
     extra_body = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
 
     def __init__(self, name: str, gguf: str | None = None, api_base: str | None = None, *, threads: int = 1,
-                 threads_batch: int | None = None, n_ctx: int = 8192, concurrency: int = 8, timeout_s: float = 600.0,
-                 retries: int = 3, cache_dir: str | None = None, path: str | None = None, dtype: str = "bfloat16",
-                 log_dir: str | Path | None = None, api_key: str | None = None):
+                 threads_batch: int | None = None, n_ctx: int = 8192, concurrency: int | None = None,
+                 timeout_s: float | None = None, timeout_base_s: float = 120.0, min_tokens_per_s: float = 2.0,
+                 stream: bool = False, retries: int = 3, cache_dir: str | None = None, path: str | None = None,
+                 dtype: str = "bfloat16", log_dir: str | Path | None = None, api_key: str | None = None):
         from sleepy.models.gguf_model import inspect_model
 
         if not gguf and not api_base:
@@ -193,21 +188,21 @@ class LlamaCppBackend(LiteLLMBackend):
             raise ValueError(f"model.threads must be >= 1; got {threads}")
         self.gguf = inspect_model(resolve_gguf(gguf)) if gguf else None  # bad input fails here, before any work
         super().__init__(name, "openai", api_base, api_key, concurrency, timeout_s, retries, cache_dir=cache_dir,
-                         path=path)
+                         path=path, timeout_base_s=timeout_base_s, min_tokens_per_s=min_tokens_per_s, stream=stream)
         self.threads, self.threads_batch, self.n_ctx, self.dtype = threads, threads_batch or threads, n_ctx, dtype
         self.lora: dict[str, Path] = {}  # adapter name -> GGUF LoRA file
         self.server: LlamaServer | None = None
         self._served: list | None = None  # the adapter files (and their times) the running server was started with
         if api_base:
             self.check()
-            self.concurrency = min(concurrency, server_slots(api_base))
+            self.size()
             return
         need_llama_cpp()
         from sleepy.cache import cache_root
 
         log_dir = Path(log_dir) if log_dir else cache_root() / "llamacpp" / "logs"
         self.log_path = log_dir / f"llama_server-{os.getpid()}.log"
-        self.concurrency = 1
+        self.concurrency, self.sized_by = 1, "sleepy's llama-cpp-python server answers one request at a time"
         self._restart()
 
     # -- the server -----------------------------------------------------------------------------

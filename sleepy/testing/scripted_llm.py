@@ -2,7 +2,10 @@
 
 For tests and benchmarks: clients (litellm included) talk to it over HTTP on 127.0.0.1 as to any
 served model. The script says, per koan, what each successive request gets: a reply (a right or a
-wrong fix), an HTTP error, a malformed body, extra latency, or no answer at all.
+wrong fix), an HTTP error, a malformed body, extra latency, or no answer at all. A streamed
+request (`"stream": true`) gets its reply as server-sent events, a word per chunk, `token_s`
+apart. The log records, per request, when the client closed the connection before the
+answer was complete (`closed_after_s`), as a server that stops abandoned work would see it.
 
     script = Script({"bc_bank_transfer": [Step(reply=wrong), Step(status=503), Step(reply=fix)]})
     with ScriptedLLMServer(script, latency_s=0.05) as server:
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import socket
 import threading
 import time
 import uuid
@@ -33,6 +38,7 @@ class Step:
     body: str | None = None  # this raw body instead of a reply (HTML, JSON of the wrong shape, ...)
     content_type: str = "application/json"  # of `body`
     drop: bool = False  # close the connection without any response
+    token_s: float = 0.0  # a streamed reply: seconds between its chunks
 
 
 @dataclass
@@ -65,10 +71,14 @@ class ScriptedLLMServer:
     """Runs the server in a background thread; `url` is its base address."""
 
     def __init__(self, script: Script, latency_s: float = 0.0, host: str = "127.0.0.1", port: int = 0,
-                 model: str = "scripted", strict_models: bool = False):
+                 model: str = "scripted", strict_models: bool = False, slots: int | None = None,
+                 model_fields: dict | None = None, openapi: dict | None = None):
         self.script = script
         self.latency_s = latency_s
         self.model = model
+        self.slots = slots  # like llama.cpp's llama-server: GET /props says total_slots (None: no /props route)
+        self.model_fields = model_fields or {}  # extra fields of each /v1/models entry, as other servers add
+        self.openapi = openapi  # a FastAPI server's GET /openapi.json (None: no such route)
         self.strict_models = strict_models  # like vLLM: only the base model and loaded adapters answer
         self.adapters: dict[str, str] = {}  # LoRA adapters loaded at runtime, name -> path
         self.log: list[dict] = []
@@ -132,7 +142,12 @@ def _handler(server: ScriptedLLMServer):
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") == "/v1/models":
-                self._json(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+                self._json(200, {"object": "list", "data": [{"id": server.model, "object": "model",
+                                                             **server.model_fields}]})
+            elif self.path.rstrip("/") == "/openapi.json" and server.openapi is not None:
+                self._json(200, server.openapi)
+            elif self.path.rstrip("/") == "/props" and server.slots is not None:
+                self._json(200, {"total_slots": server.slots, "model_alias": server.model})
             elif self.path.rstrip("/") == "/api/tags":
                 self._json(200, {"models": [{"name": server.model, "model": server.model}]})
             else:
@@ -166,11 +181,13 @@ def _handler(server: ScriptedLLMServer):
                 return
             prompt = _prompt_of(body.get("messages"))
             key, index, step = server.script.next(prompt)
-            server.record({"path": path, "key": key, "index": index, "time": time.time(), "body": body,
-                           "authorization": self.headers.get("Authorization")})
+            entry = {"path": path, "key": key, "index": index, "time": time.time(), "body": body,
+                     "authorization": self.headers.get("Authorization"), "closed_after_s": None}
+            server.record(entry)
             time.sleep(server.latency_s if step.delay_s is None else step.delay_s)
             if step.hang_s:
-                time.sleep(step.hang_s)
+                if self._client_closed_within(step.hang_s):
+                    entry["closed_after_s"] = time.time() - entry["time"]
                 self.close_connection = True
                 return
             if step.drop:
@@ -189,6 +206,8 @@ def _handler(server: ScriptedLLMServer):
             tokens_in, tokens_out = len(prompt.split()), len(step.reply.split())
             if path == "/api/chat":
                 self._ollama(body, step.reply, tokens_in, tokens_out)
+            elif body.get("stream"):
+                self._stream(body, step, tokens_in, tokens_out, entry)
             else:
                 self._json(200, {
                     "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
@@ -198,6 +217,50 @@ def _handler(server: ScriptedLLMServer):
                     "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
                               "total_tokens": tokens_in + tokens_out},
                 })
+
+        def _client_closed_within(self, seconds: float) -> bool:
+            """Wait up to `seconds` for the client to close its end of the connection; whether it did."""
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+                if readable:
+                    try:
+                        if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                            return True
+                    except OSError:
+                        return True
+                    time.sleep(min(left, 0.05))  # bytes of a next request: not a close
+            return False
+
+        def _stream(self, body: dict, step: Step, tokens_in: int, tokens_out: int, entry: dict) -> None:
+            """The reply as OpenAI chat.completion.chunk events, a word each, step.token_s apart; a write that fails
+            (the client closed the connection) ends it, as llama.cpp and vLLM stop generating then."""
+            base = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion.chunk",
+                    "created": int(time.time()), "model": body.get("model", server.model)}
+            words = step.reply.split(" ")
+            words = [w + " " for w in words[:-1]] + [words[-1]] if step.reply else []  # joined: the reply
+            events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": w}, "finish_reason": None}]}
+                      for w in words]
+            events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append({**base, "choices": [], "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                                                                "total_tokens": tokens_in + tokens_out}})
+            self.close_connection = True
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for i, event in enumerate(events):
+                    if i and step.token_s:
+                        time.sleep(step.token_s)
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                    entry["chunks"] = i + 1
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+            except OSError:  # BrokenPipeError, ConnectionResetError: the client went away
+                entry["closed_after_s"] = time.time() - entry["time"]
 
         def _ollama(self, body: dict, reply: str, tokens_in: int, tokens_out: int) -> None:
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
