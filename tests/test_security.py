@@ -246,3 +246,60 @@ def test_memory_outside_the_process_is_capped_too(strict):
     assert "stopped: StorageFull" in v.output
     written = int(v.output.split("written: ")[1].split()[0])
     assert written <= LIMITS.tmp_mb
+
+
+def step_status(uid, limits, command: str):
+    """Run `sh -c command` as a compile step is run (bubblewrap with /proc, the launcher first); (rc, out, err)."""
+    import subprocess
+    import tempfile
+
+    from sleepy.sandbox import isolation
+
+    with tempfile.TemporaryDirectory() as d:
+        if uid is not None:
+            os.chown(d, uid, uid)
+        argv = isolation.wrap("bwrap", ["/bin/sh", "-c", command], step="compile", workdir=d, sysroot=d, uid=uid,
+                              limits=limits)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_a_step_runs_with_no_capabilities_no_new_privileges_and_its_own_limits():
+    """What a step is, read from its own /proc/self/status and limits: the leased uid (as root) or the user, in no
+    group, every capability set empty (the bounding set too, so no file capability can give one back),
+    no_new_privs, and the step's resource limits (hard and soft)."""
+    import contextlib
+
+    from sleepy.sandbox import isolation, uids
+    from sleepy.sandbox.process import Limits
+
+    limits = Limits(wall_s=7, memory_mb=300, file_size_mb=3, processes=17)
+    with uids.lease() if isolation.is_root() else contextlib.nullcontext() as uid:
+        rc, out, err = step_status(uid, limits, "cat /proc/self/status /proc/self/limits")
+    assert rc == 0, err
+    status = dict(line.split(":", 1) for line in out.splitlines() if ":" in line and not line.startswith("Max"))
+    me = uid if uid is not None else os.geteuid()
+    assert status["Uid"].split() == [str(me)] * 4 and status["Gid"].split() == [str(uid if uid is not None else
+                                                                                   os.getegid())] * 4
+    if uid is not None:
+        assert status["Groups"].strip() == ""
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[caps], 16) == 0, (caps, status[caps])
+    assert status["NoNewPrivs"].strip() == "1"
+    lines = {line[:26].strip(): line[26:].split() for line in out.splitlines() if line.startswith("Max ")}
+    assert lines["Max address space"][:2] == [str(300 * 1024 * 1024)] * 2
+    assert lines["Max cpu time"][:2] == ["8", "8"] and lines["Max processes"][:2] == ["17", "17"]
+    assert lines["Max file size"][:2] == [str(3 * 1024 * 1024)] * 2 and lines["Max core file size"][:2] == ["0", "0"]
+
+
+def test_a_launcher_that_cannot_do_its_job_stops_the_step_in_one_line():
+    """An option the launcher does not know, or a program it cannot start: status 127 and one line naming what failed,
+    never the step run with less than was asked."""
+    import subprocess
+
+    from sleepy.sandbox.launcher import launcher
+
+    r = subprocess.run([launcher(), "--nice=3", "--", "/bin/true"], capture_output=True, text=True)
+    assert r.returncode == 127 and r.stderr.count("\n") == 1 and "sleepy launch: an unknown option" in r.stderr
+    r = subprocess.run([launcher(), "--", "/nonexistent/program"], capture_output=True, text=True)
+    assert r.returncode == 127 and r.stderr.count("\n") == 1 and "sleepy launch: /nonexistent/program" in r.stderr

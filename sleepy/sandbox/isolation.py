@@ -43,14 +43,18 @@ def sandbox_paths(level: str, workdir: str, sysroot: str) -> tuple[str, str]:
 
 
 def wrap(level: str, argv: list[str], *, step: str, workdir: str, sysroot: str = "", binary: str = "",
-         uid: int | None = None, limits: list[str] = (), tmp_mb: int = 64, seccomp_fd: int | None = None) -> list[str]:
+         uid: int | None = None, limits=None, tmp_mb: int = 64, seccomp_fd: int | None = None) -> list[str]:
     """The command that runs argv (paths as the step sees them) isolated at `level`.
 
     step="compile": the work dir is writable and the cwd. step="run": argv[0] is the binary, shown
     read-only at /tmp/<name> in a private, size-capped /tmp that is the cwd.
-    limits: a `prlimit` prefix, applied inside the namespaces so that the process limit counts only
-    this step's processes. uid: as root, the leased uid the step runs as. seccomp_fd: the step's compiled
-    filter (bwrap only; `seccomp.py`), which also keeps it off the network."""
+    limits: the step's `process.Limits` (None: none), applied inside the namespaces by the launcher
+    (`launcher.py`) so that the process limit counts only this step's processes; outside bwrap by util-linux
+    `prlimit`. uid: as root, the leased uid the step runs as. seccomp_fd: the step's compiled filter (bwrap
+    only; `seccomp.py`), which also keeps it off the network."""
+    from sleepy.sandbox.process import prlimit_prefix
+
+
     if level == "bwrap":
         view = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                 "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--perms", "0755", "--dir", "/etc"]
@@ -69,12 +73,14 @@ def wrap(level: str, argv: list[str], *, step: str, workdir: str, sysroot: str =
         spaces += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else ["--unshare-net"]
         if uid is None:  # a user: a user namespace of its own, in which the process limit counts only this step
             spaces.append("--unshare-user")
-            drop = []
-        else:  # root: bwrap sets up the view, then the step drops to the leased uid with no capabilities
-            drop = [shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        # root: bwrap sets up the view, then the launcher drops to the leased uid with no capabilities
+        from sleepy.sandbox.launcher import INSIDE, launcher, options
+
+        view += ["--ro-bind", launcher(), INSIDE]
         bwrap = shutil.which("bwrap") or "bwrap"
-        return [bwrap, *view, *spaces, "--die-with-parent", "--new-session", "--", *drop, *limits, *argv]
+        return [bwrap, *view, *spaces, "--die-with-parent", "--new-session", "--", INSIDE, *options(uid, limits), "--",
+                *argv]
+    limits = prlimit_prefix(limits) if limits is not None else []
     if level == "netns":
         args = [shutil.which("unshare") or "unshare"]
         if (uid if uid is not None else os.geteuid()) != 0:

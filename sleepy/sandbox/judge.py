@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sleepy.sandbox import harness, isolation, seccomp, uids
-from sleepy.sandbox.process import Completed, Limits, kill_user_processes, prlimit_prefix, run_limited
+from sleepy.sandbox.process import Completed, Limits, kill_user_processes, run_limited
 from sleepy.sandbox.verdict import Diagnostic, Verdict, parse_diagnostics
 
 MODES = ("check", "test", "run")
@@ -236,7 +236,7 @@ class Sandbox:
         bwrap = self.isolation == "bwrap"
         with _filter(bwrap, processes=True) as filter_fd:
             argv = isolation.wrap(self.isolation, args, step="compile", workdir=workdir, sysroot=sysroot(),
-                                  uid=uid if bwrap else None, limits=prlimit_prefix(limits), tmp_mb=lim.tmp_mb,
+                                  uid=uid if bwrap else None, limits=limits, tmp_mb=lim.tmp_mb,
                                   seccomp_fd=filter_fd)
             done = run_limited(argv, limits, cwd=workdir, env=env, pass_fds=_fds(filter_fd))
         reason = _compile_reason(done)
@@ -294,7 +294,7 @@ class Sandbox:
         bwrap = self.isolation == "bwrap"
         with _filter(bwrap, processes=False) as filter_fd:
             wrapped = isolation.wrap(self.isolation, argv, step="run", workdir=workdir, binary=binary,
-                                     uid=uid if bwrap else None, limits=prlimit_prefix(limits), tmp_mb=lim.tmp_mb,
+                                     uid=uid if bwrap else None, limits=limits, tmp_mb=lim.tmp_mb,
                                      seccomp_fd=filter_fd)
             try:
                 done = run_limited(wrapped, limits, cwd=cwd, env=env, user=None if bwrap else uid,

@@ -1,10 +1,10 @@
 """Run one command under limits: wall time, CPU, memory, processes, file size, captured output.
 
 The command starts in its own process group; on timeout or output overflow the whole group is
-killed. Resource limits are applied by util-linux `prlimit` (`prlimit_prefix`), which the caller puts
-where the limits must start: inside the sandbox's namespaces, so that the process limit counts only
-the judged program's processes. No Python code runs between fork and exec, so this is safe from the
-judging threads.
+killed. Resource limits are applied where they must start, inside the sandbox's namespaces, so that
+the process limit counts only the judged program's processes: by sleepy's launcher inside bubblewrap
+(`launcher.py`), by util-linux `prlimit` (`prlimit_prefix`) at the weaker isolation levels. No Python
+code runs between fork and exec, so this is safe from the judging threads.
 """
 
 from __future__ import annotations
