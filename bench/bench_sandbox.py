@@ -1,7 +1,7 @@
 """Sandbox benchmarks: judging overhead against bare rustc, parallel verify, concurrent processes,
 cached compile results.
 
-    .venv/bin/python bench/bench_sandbox.py [--repeat 3]
+    .venv/bin/python bench/bench_sandbox.py [--repeat 3] [--only overhead,verify,concurrent,cached]
 
 Everything is measured in this run, on the builtin koans (broken code and solution each), as ratios
 against a baseline measured in the same run.
@@ -48,50 +48,68 @@ def sandboxed(sb: Sandbox, program: Program) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="overhead,verify,concurrent,cached", help="the sections to run, comma-separated")
     args = ap.parse_args()
+    only = set(args.only.split(","))
     koans = load_pack().koans
     programs = [Program(c, k.tests) for k in koans for c in (k.code, k.solution)]
     with tempfile.TemporaryDirectory() as cache:
         sb = Sandbox(use_cache=False, jobs=1, cache_dir=cache)
-        bare = sandbox_total = 0.0
-        bare_programs(programs[:4])  # warm the toolchain's files into the page cache
-        for _ in range(args.repeat):
-            for p in programs:  # interleaved, so drift in machine load hits both alike
-                bare += bare_rustc(p)
-                sandbox_total += sandboxed(sb, p)
-        print(f"overhead: {len(programs)} programs x {args.repeat}: bare rustc {bare:.2f} s, "
-              f"sandbox ({sb.isolation}) {sandbox_total:.2f} s, ratio {sandbox_total / bare:.3f}x")
+        if "overhead" in only:
+            overhead(sb, programs, args.repeat)
+        if "verify" in only:
+            verify_jobs(koans, cache, args.repeat)
+        if "concurrent" in only:
+            concurrent(args.repeat)
+        if "cached" in only:
+            cached_compile(sb, cache, programs[1])
 
-        cores = os.cpu_count() or 1
-        sandboxes = {f"jobs={j}": Sandbox(use_cache=False, jobs=j, cache_dir=cache)
-                     for j in (1, cores, default_jobs())}
-        times: dict[str, list[float]] = {name: [] for name in sandboxes}
-        for _ in range(args.repeat):
-            for name, s in sandboxes.items():
-                start = time.perf_counter()
-                report = verify_koans(koans, s)
-                times[name].append(time.perf_counter() - start)
-                assert not report["failed"], report["failed"]
-        medians = {name: statistics.median(v) for name, v in times.items()}
-        one = medians["jobs=1"]
-        print(f"verify {len(koans)} koans, median of {args.repeat}: " + ", ".join(
-            f"{name} {t:.2f} s ({one / t:.2f}x)" for name, t in medians.items())
-            + f"; default is jobs={default_jobs()} (cores + 2)")
 
-        concurrent(args.repeat)
+def overhead(sb: Sandbox, programs: list[Program], repeat: int) -> None:
+    """Judging every program in the sandbox against bare rustc and its test binary, interleaved."""
+    bare = sandbox_total = 0.0
+    bare_programs(programs[:4])  # warm the toolchain's files into the page cache
+    sandboxed(sb, programs[0])  # and build the sandbox's launcher, once per toolchain
+    for _ in range(repeat):
+        for p in programs:  # interleaved, so drift in machine load hits both alike
+            bare += bare_rustc(p)
+            sandbox_total += sandboxed(sb, p)
+    print(f"overhead: {len(programs)} programs x {repeat}: bare rustc {bare:.2f} s, "
+          f"sandbox ({sb.isolation}) {sandbox_total:.2f} s, ratio {sandbox_total / bare:.3f}x")
 
-        cached = Sandbox(cache_dir=cache)
-        cached.judge_program(programs[1])
-        samples, fresh = [], []
-        for _ in range(50):
-            fresh.append(sandboxed(sb, programs[1]) * 1000)
+
+def verify_jobs(koans: list, cache: str, repeat: int) -> None:
+    """`verify` of every koan with 1 job, one per core, and the default."""
+    cores = os.cpu_count() or 1
+    sandboxes = {f"jobs={j}": Sandbox(use_cache=False, jobs=j, cache_dir=cache) for j in (1, cores, default_jobs())}
+    times: dict[str, list[float]] = {name: [] for name in sandboxes}
+    for _ in range(repeat):
+        for name, s in sandboxes.items():
             start = time.perf_counter()
-            v = cached.judge_program(programs[1])
-            samples.append((time.perf_counter() - start) * 1000)
-            assert v.cached and v.passed
-        print(f"solution judged with its compile result cached (the tests still run): median "
-              f"{statistics.median(samples):.1f} ms, against {statistics.median(fresh):.1f} ms compiled afresh "
-              f"({statistics.median(fresh) / statistics.median(samples):.1f}x; 50 each)")
+            report = verify_koans(koans, s)
+            times[name].append(time.perf_counter() - start)
+            assert not report["failed"], report["failed"]
+    medians = {name: statistics.median(v) for name, v in times.items()}
+    one = medians["jobs=1"]
+    print(f"verify {len(koans)} koans, median of {repeat}: " + ", ".join(
+        f"{name} {t:.2f} s ({one / t:.2f}x)" for name, t in medians.items())
+        + f"; default is jobs={default_jobs()} (cores + 2)")
+
+
+def cached_compile(sb: Sandbox, cache: str, program: Program) -> None:
+    """A solution judged with its compile result cached, against compiled afresh (50 each)."""
+    cached = Sandbox(cache_dir=cache)
+    cached.judge_program(program)
+    samples, fresh = [], []
+    for _ in range(50):
+        fresh.append(sandboxed(sb, program) * 1000)
+        start = time.perf_counter()
+        v = cached.judge_program(program)
+        samples.append((time.perf_counter() - start) * 1000)
+        assert v.cached and v.passed
+    print(f"solution judged with its compile result cached (the tests still run): median "
+          f"{statistics.median(samples):.1f} ms, against {statistics.median(fresh):.1f} ms compiled afresh "
+          f"({statistics.median(fresh) / statistics.median(samples):.1f}x; 50 each)")
 
 
 def concurrent(repeat: int) -> None:
