@@ -106,6 +106,8 @@ class MemoryConfig:
 class TrackingConfig:
     uri: str = knob("sqlite:///mlruns/mlflow.db", "the MLflow store; a relative sqlite path follows the working directory")
     artifact_root: str | None = knob(None, "where artifacts go; null: beside the sqlite store (mlruns/artifacts)")
+    system_metrics_s: float = knob(10.0, "seconds between samples of MLflow's system metrics (CPU, memory, disk, "
+                                   "network: system/* in the run; needs psutil); 0: none", ge=0)
 
 
 @dataclass

@@ -58,7 +58,8 @@ class Job:
         if cfg.run_id:  # a resume: no second job on this run (a new run's id is its own)
             self.lock = RunLock(cfg.episodes.uri, cfg.run_id).acquire()
         with store_errors("MLflow", cfg.tracking.uri, "opened"):
-            self.tracker = Tracker(cfg.tracking.uri, cfg.experiment_name, cfg.tracking.artifact_root)
+            self.tracker = Tracker(cfg.tracking.uri, cfg.experiment_name, cfg.tracking.artifact_root,
+                                   system_metrics_s=cfg.tracking.system_metrics_s)
             self.run_id = self.tracker.start(cfg.run_id, run_name=run_name(cfg))
         self.status = "FAILED"
         self._sigterm = signal.signal(signal.SIGTERM, _terminate)

@@ -31,7 +31,8 @@ DESCRIPTION = ("sleepy: an agent that fixes Rust compile errors by day and learn
 # UI follows its sidebar switch, default GenAI, instead: the description says where it is)
 EXPERIMENT_TAGS = {"mlflow.note.content": DESCRIPTION, "mlflow.experimentKind": "custom_model_development"}
 # overrides a run name leaves out: where things are (paths, stores, run ids), and what the name says after them
-_UNNAMED = {"run_id", "baseline_run_id", "experiment_name", "source", "api_base", "uri", "artifact_root", "gguf"}
+_UNNAMED = {"run_id", "baseline_run_id", "experiment_name", "source", "api_base", "uri", "artifact_root", "gguf",
+            "system_metrics_s"}  # where things are and how they are watched: not what the run is
 _STAGE_KEYS = {"stage", "cycle", "cycles"}
 _PATH = re.compile(r"[^\s,\[\]=]*/([^\s,\[\]/=]+)/?")
 
@@ -187,8 +188,11 @@ def source_tags() -> dict[str, str]:
 class Tracker:
     """One MLflow run; every call retries briefly when a parallel job holds the sqlite store."""
 
-    def __init__(self, uri: str | None, experiment: str, artifact_root: str | None = None):
+    def __init__(self, uri: str | None, experiment: str, artifact_root: str | None = None,
+                 system_metrics_s: float = 0.0):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        self.system_metrics_s = system_metrics_s
+        self._monitor = None
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri(uri)
@@ -240,7 +244,22 @@ class Tracker:
                 self._retry(self.client.update_run, self.parent_id, status="RUNNING")
         self.run_id = run.info.run_id
         self.set_tags(tags)
+        self._monitor_system(resumed=bool(run_id))
         return self.run_id
+
+    def _monitor_system(self, resumed: bool) -> None:
+        """MLflow's system metrics (system/cpu_utilization_percentage, system/system_memory_usage_megabytes, ...)
+        sampled every system_metrics_s seconds until the run ends; a resumed run goes on from its last step. Nothing
+        without psutil, which MLflow needs for them."""
+        import importlib.util
+
+        if self.system_metrics_s <= 0 or importlib.util.find_spec("psutil") is None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.system_metrics_s,
+                                             resume_logging=resumed, tracking_uri=self.uri)
+        self._monitor.start()
 
     def _sweep_parent(self, sweep: Path) -> str:
         """The parent run of the sweep in this store and experiment: created by the sweep's first job (the caller
@@ -430,6 +449,9 @@ class Tracker:
         killed, else FINISHED."""
         if not self.run_id:
             return
+        if self._monitor is not None:
+            self._monitor.finish()  # its last samples logged while the run is still RUNNING
+            self._monitor = None
         with self._sweep_lock():
             self._retry(self.client.set_terminated, self.run_id, status=status)
             if self.parent_id:

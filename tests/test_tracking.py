@@ -57,7 +57,7 @@ def files_holding(root: Path, *needles: str) -> list[str]:
 def single(tmp_path_factory):
     """One eval job: (tmp dir, the process, its run)."""
     tmp = tmp_path_factory.mktemp("single")
-    r = served(tmp, "seed=3", f"hydra.run.dir={tmp}/run")
+    r = served(tmp, "seed=3", f"hydra.run.dir={tmp}/run", "tracking.system_metrics_s=0.2")  # samples a short run
     (run,) = runs_of(tmp)
     return tmp, r, run
 
@@ -67,7 +67,7 @@ def sweep(tmp_path_factory):
     """A two-job sweep (seed=0,1) on joblib's parallel workers: (tmp dir, the process, its runs)."""
     tmp = tmp_path_factory.mktemp("sweep")
     r = served(tmp, "-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-               f"hydra.sweep.dir={tmp}/multirun")
+               f"hydra.sweep.dir={tmp}/multirun", "tracking.system_metrics_s=0")
     return tmp, r, runs_of(tmp)
 
 
@@ -97,7 +97,8 @@ def test_the_run_is_named_by_its_overrides_then_its_stage_and_tagged_with_the_re
     tags = run.data.tags
     assert (tags["sleepy.stage"], tags["sleepy.cycle"]) == ("eval", "0")
     overrides = tags["hydra.overrides"]  # in full
-    assert overrides.startswith("seed=3 stage=eval model=openai") and f"sqlite:///{tmp}/store" in overrides
+    assert overrides.startswith("seed=3 tracking.system_metrics_s=0.2 stage=eval model=openai")
+    assert f"sqlite:///{tmp}/store" in overrides
 
 
 def test_the_source_is_recorded_in_mlflows_standard_tags(single):
@@ -137,6 +138,18 @@ def test_each_stage_logs_an_episode_summary_the_ui_can_show(single):
     assert summary.columns == ["koan_id", "family", "passed", "steps", "last_signature", "last_codes"]
     assert summary.sort("koan_id").select("koan_id", "passed", "steps").rows() == \
         sorted([(K1.id, True, 1), (K2.id, True, 1)])
+
+
+def test_a_run_logs_system_metrics_while_it_runs_and_none_when_they_are_off(single, sweep):
+    """With psutil (peft depends on it) MLflow's monitor samples the machine every tracking.system_metrics_s seconds
+    until the run ends; 0 turns it off (the sweep's jobs)."""
+    _, _, run = single
+    cpu = client_of(single[0]).get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert cpu and all(0 <= m.value <= 100 for m in cpu)
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+    assert "tracking.system_metrics_s=0.2" in run.data.tags["hydra.overrides"] and "system_metrics" not in \
+        run.info.run_name  # how a run is watched does not name it
+    assert all(not key.startswith("system/") for r in sweep[2] for key in r.data.metrics)
 
 
 def test_a_sweep_is_one_parent_run_with_its_jobs_as_children(sweep):
