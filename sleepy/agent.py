@@ -1,10 +1,13 @@
 """The agent: the attempt loop (a model backend and the sandbox), speaking the prompt contract of sleepy/prompt.py.
 
 Attempt k is the k-th model call for a koan; steps to green is the attempt whose code passes.
-All unsolved koans advance together, one attempt per round: their prompts go to the backend as one
-batch (served concurrently or batched on the GPU) and their fixes to the sandbox in parallel. A
+The unsolved koans of a group advance together, one attempt per round: their prompts go to the backend
+as one batch (served concurrently or batched on the GPU) and their fixes to the sandbox in parallel. A
 koan's attempts are handed to `on_done` as soon as it passes or runs out of attempts, so an
-interrupted stage keeps every koan it finished.
+interrupted stage keeps every koan it finished. A local model takes all the koans as one group (its
+batches); a served one takes twice the requests it answers at once, group after group, so that on a
+slow server (one request at a time, minutes each) a stop loses at most a few koans' unfinished
+attempts, not a round over every koan.
 """
 
 from __future__ import annotations
@@ -50,15 +53,23 @@ class Chain:
 def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ctx: StageContext,
                   on_done: Callable[[Koan, list[Episode]], None],
                   memory: Callable[[str], list[tuple[str, str]]] | None = None,
-                  on_round: Callable[[int, int], None] | None = None,
                   router: Callable[[Verdict], str | None] | None = None) -> None:
     """Attempt every koan up to max_attempts times (per sample); on_done(koan, episodes) per koan.
     router: the adapter for a koan from the verdict on its broken code (else every koan gets ctx.adapter)."""
+    calls = ModelCalls(backend, ctx, settings.max_model_error_rate)
+    served = getattr(backend, "concurrency", None)  # requests a served model answers at once; None: a local model
+    size = max(1, 2 * served // settings.samples) if served else max(1, len(koans))  # koans, of samples chains
+    for start in range(0, len(koans), size):
+        _attempt_group(koans[start:start + size], backend, sandbox, settings, ctx, on_done, memory, router, calls)
+
+
+def _attempt_group(koans: list[Koan], backend, sandbox, settings: AgentConfig, ctx: StageContext, on_done, memory,
+                   router, calls: ModelCalls) -> None:
+    """The rounds of one group of koans, until each passed or ran out of attempts."""
     first = sandbox.judge_many([k.program() for k in koans])
     chains = [Chain(k, s, k.code, v, adapter=router(v) if router else ctx.adapter)
               for k, v in zip(koans, first, strict=True) for s in range(settings.samples)]
     pending = {k.id: settings.samples for k in koans}
-    calls = ModelCalls(backend, ctx, settings.max_model_error_rate)
     for attempt in range(1, settings.max_attempts + 1):
         active = [c for c in chains if not c.done]
         if not active:
@@ -88,8 +99,6 @@ def attempt_koans(koans: list[Koan], backend, sandbox, settings: AgentConfig, ct
             elif v.reason != "model_error":
                 chain.history.append((fixes[i], describe(v)))
                 chain.code, chain.verdict = fixes[i], v
-        if on_round:
-            on_round(attempt, len(active))
         calls.check()  # after the round's finished koans are handed over: a stop keeps them
 
 

@@ -318,3 +318,18 @@ def test_eval_over_two_packs_reports_n_and_the_mde_per_pack(tmp_path):
     # cycle 1 against cycle 0: K1 lost, K2 and vecs1 gained: 3 koans changed, too few for any effect to be detectable
     assert m1["eval/subset/all/discordant"] == 3 and m1["eval/discordant"] == 3 and m1["eval/mde"] != m1["eval/mde"]
     assert m1["eval/subset/rustlings/discordant"] == 1
+
+
+def test_a_served_model_takes_the_koans_in_groups_of_twice_its_concurrency(tmp_path):
+    """On a server that answers one request at a time, koans go two by two, every attempt of a pair before the next
+    pair starts: a stop loses at most two koans' unfinished work. With 4 at a time, all 4 koans share the rounds."""
+    koans = PACK.select("type_mismatch", "eval", count=4)
+    for concurrency, first_four in ((1, 2), (4, 4)):
+        script = Script({k.title: [fix(k.code), fix(k.solution)] for k in koans})  # each passes at attempt 2
+        with ScriptedLLMServer(script) as server:
+            sleepy(tmp_path, server, "koans.count=4", f"model.concurrency={concurrency}")
+            order = [e["key"] for e in server.log]
+        assert len(order) == 8 and sorted(order) == sorted(k.title for k in koans for _ in range(2))
+        assert len(set(order[:4])) == first_four, order
+        if concurrency == 1:
+            assert set(order[:4]).isdisjoint(order[4:])  # the first pair finished before the second began
