@@ -25,7 +25,8 @@ from sleepy.koans import error_codes, forge
 from sleepy.koans.pack import load_pack
 from sleepy.koans.verify import verify
 from sleepy.sandbox import Sandbox
-from sleepy.sandbox.judge import default_jobs, toolchain
+from sleepy.sandbox.judge import default_jobs
+from sleepy.sandbox.toolchain import toolchain
 
 
 def bare_rustc(koan, workdir: str, edition: str = "2024") -> float:

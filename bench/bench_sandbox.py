@@ -21,7 +21,8 @@ import time
 from sleepy.koans import load_pack
 from sleepy.koans.verify import verify_koans
 from sleepy.sandbox import Program, Sandbox
-from sleepy.sandbox.judge import default_jobs, toolchain
+from sleepy.sandbox.judge import default_jobs
+from sleepy.sandbox.toolchain import toolchain
 
 
 def bare_rustc(program: Program, edition: str = "2024") -> float:

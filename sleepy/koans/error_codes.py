@@ -54,7 +54,7 @@ class Page:
 
 def docs_dir() -> Path:
     """Where rust-docs keeps the error-code pages of the installed toolchain."""
-    from sleepy.sandbox.judge import sysroot
+    from sleepy.sandbox.toolchain import sysroot
 
     return Path(sysroot()) / "share" / "doc" / "rust" / "html" / "error_codes"
 
@@ -83,7 +83,7 @@ def read_docs(root: Path) -> list[Page]:
 def read_explain(codes: list[str] | None = None, jobs: int = 8) -> list[Page]:
     """The pages `rustc --explain` prints (every code E0001-E0999 it knows, or `codes`): no tags, no hidden lines,
     so each example is wrapped in `fn main` the way rustdoc does and judged to find out what it is."""
-    from sleepy.sandbox.judge import toolchain
+    from sleepy.sandbox.toolchain import toolchain
 
     rustc = toolchain()[0]
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 def toolchain_line() -> str:
     """`rustc 1.95.0 (59807616e 2026-04-14)`: the toolchain a generated pack was made with."""
-    from sleepy.sandbox.judge import toolchain
+    from sleepy.sandbox.toolchain import toolchain
 
     return toolchain()[1].splitlines()[0]
 
 
 def toolchain_key() -> str:
     """`rustc-1.95.0-59807616e`: part of the cache key of every generated pack."""
-    from sleepy.sandbox.judge import toolchain
+    from sleepy.sandbox.toolchain import toolchain
 
     version = toolchain()[1]
     release = re.search(r"release: (\S+)", version)

@@ -40,7 +40,7 @@ def stage(cfg) -> float:
 
 def verify_koans(koans: list[Koan], sandbox) -> dict:
     """Judge every koan's broken code (must fail, with its expected codes) and its solution (must pass)."""
-    from sleepy.sandbox.judge import toolchain
+    from sleepy.sandbox.toolchain import toolchain
 
     failed, skipped, programs, judged = [], [], [], []
     for k in koans:

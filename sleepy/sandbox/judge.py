@@ -14,14 +14,12 @@ outcomes are never cached: a flaky test is judged again every time.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
 import queue
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 
 from sleepy.sandbox import harness, isolation, seccomp, uids
 from sleepy.sandbox.process import Completed, Limits, kill_user_processes, run_limited
+from sleepy.sandbox.toolchain import sysroot, toolchain
 from sleepy.sandbox.verdict import Diagnostic, Verdict, parse_diagnostics
 
 MODES = ("check", "test", "run")
@@ -65,24 +64,6 @@ class SandboxLimits:
     file_size_mb: int = 16
     output_kb: int = 256
     tmp_mb: int = 64
-
-
-@functools.cache
-def toolchain() -> tuple[str, str, str | None]:
-    """(rustc path, `rustc -vV` text, clippy-driver path or None), resolved past rustup proxies."""
-    rustc = shutil.which("rustc")
-    if rustc is None:
-        raise RuntimeError("rustc not found on PATH: install a Rust toolchain (>= 1.85), e.g. with rustup")
-    sysroot = subprocess.run([rustc, "--print", "sysroot"], capture_output=True, text=True, check=True).stdout
-    real = Path(sysroot.strip()) / "bin" / "rustc"
-    rustc = str(real) if real.exists() else rustc
-    version = subprocess.run([rustc, "-vV"], capture_output=True, text=True, check=True).stdout
-    clippy = Path(sysroot.strip()) / "bin" / "clippy-driver"
-    return rustc, version, str(clippy) if clippy.exists() else None
-
-
-def sysroot() -> str:
-    return str(Path(toolchain()[0]).parents[1])
 
 
 def default_jobs() -> int:

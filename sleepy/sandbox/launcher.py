@@ -22,7 +22,7 @@ INSIDE = "/sleepy-launch"  # where a step sees it
 def launcher() -> str:
     """The launcher's path, built first if this toolchain has none yet (static where the C library allows)."""
     from sleepy.cache import cache_root
-    from sleepy.sandbox.judge import toolchain
+    from sleepy.sandbox.toolchain import toolchain
 
     rustc, version, _ = toolchain()
     source = Path(__file__).with_name("launch.rs").read_bytes()
