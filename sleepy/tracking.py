@@ -255,7 +255,11 @@ class Tracker:
 
         if self.system_metrics_s <= 0 or importlib.util.find_spec("psutil") is None:
             return
+        import logging
+
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # not a line per start and stop
 
         self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=self.system_metrics_s,
                                              resume_logging=resumed, tracking_uri=self.uri)

@@ -72,7 +72,7 @@ class LiteLLMBackend:
         req = urllib.request.Request(url, json.dumps({"lora_name": name, "lora_path": str(path)}).encode(),
                                      {"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=min(60.0, self.timeout_s)):
+            with urllib.request.urlopen(req, timeout=min(60.0, self.timeout_s or 60.0)):  # loading, not generating
                 pass
         except (OSError, ValueError) as e:
             detail = e.read().decode(errors="replace")[:300] if isinstance(e, urllib.error.HTTPError) else e
