@@ -218,22 +218,11 @@ def check_trainer(cfg) -> None:
     from sleepy.night.trainer import import_unsloth, resolve_trainer
 
     if cfg.subspace.method == "uwsh":
+        from sleepy.night.adapters import uwsh_sources
+
         uwsh_sources(cfg)
     elif cfg.subspace.method == "none" and resolve_trainer(cfg.night.trainer) == "unsloth":
         import_unsloth()  # before the backend brings transformers and peft in
-
-
-def uwsh_sources(cfg, mine: Path | None = None) -> list[Path]:
-    """The peft adapters uwsh extracts its fixed basis from: none of this run's (under `mine`, or run_id's)."""
-    from sleepy.night.adapters import find_adapters
-
-    source = cfg.subspace.source or cfg.adapters_dir
-    mine = mine or (Path(cfg.adapters_dir) / cfg.run_id if cfg.run_id else None)
-    found = find_adapters(source, exclude=mine) if Path(source).is_dir() or cfg.subspace.source else []
-    if not found:
-        raise ValueError(f"subspace.source={source}: no peft LoRA adapter there to extract the uwsh basis from "
-                         "(run +experiment=lora first, or point subspace.source at a directory of adapters)")
-    return found
 
 
 def writable(path: Path, key: str) -> None:

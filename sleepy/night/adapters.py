@@ -212,3 +212,14 @@ class RunAdapters:
             shutil.rmtree(out)
         tmp.rename(out)
         return out
+
+
+def uwsh_sources(cfg, mine: Path | None = None) -> list[Path]:
+    """The peft adapters uwsh extracts its fixed basis from: none of this run's (under `mine`, or run_id's)."""
+    source = cfg.subspace.source or cfg.adapters_dir
+    mine = mine or (Path(cfg.adapters_dir) / cfg.run_id if cfg.run_id else None)
+    found = find_adapters(source, exclude=mine) if Path(source).is_dir() or cfg.subspace.source else []
+    if not found:
+        raise ValueError(f"subspace.source={source}: no peft LoRA adapter there to extract the uwsh basis from "
+                         "(run +experiment=lora first, or point subspace.source at a directory of adapters)")
+    return found

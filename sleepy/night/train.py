@@ -7,8 +7,7 @@ from __future__ import annotations
 def train_adapter(job, cycle: int, examples: list, earlier: list, previous: int | None):
     """Fit night `cycle`'s adapter (on `earlier` nights' examples too, with lora.mode=new; from night `previous`'s
     adapter with lora.mode=continue), finish, log and serve it; the fit's statistics."""
-    from sleepy.job import uwsh_sources
-    from sleepy.night.adapters import origin
+    from sleepy.night.adapters import origin, uwsh_sources
     from sleepy.night.fit import fit_night, night_tasks
 
     cfg = job.cfg
