@@ -25,6 +25,9 @@ import subprocess
 import tempfile
 import warnings
 
+from sleepy.sandbox.launcher import INSIDE, launcher, options
+from sleepy.sandbox.process import prlimit_prefix
+
 log = logging.getLogger(__name__)
 
 LEVELS = ("bwrap", "netns", "none")
@@ -52,9 +55,6 @@ def wrap(level: str, argv: list[str], *, step: str, workdir: str, sysroot: str =
     (`launcher.py`) so that the process limit counts only this step's processes; outside bwrap by util-linux
     `prlimit`. uid: as root, the leased uid the step runs as. seccomp_fd: the step's compiled filter (bwrap
     only; `seccomp.py`), which also keeps it off the network."""
-    from sleepy.sandbox.process import prlimit_prefix
-
-
     if level == "bwrap":
         view = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                 "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin", "--perms", "0755", "--dir", "/etc"]
@@ -73,9 +73,7 @@ def wrap(level: str, argv: list[str], *, step: str, workdir: str, sysroot: str =
         spaces += ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else ["--unshare-net"]
         if uid is None:  # a user: a user namespace of its own, in which the process limit counts only this step
             spaces.append("--unshare-user")
-        # root: bwrap sets up the view, then the launcher drops to the leased uid with no capabilities
-        from sleepy.sandbox.launcher import INSIDE, launcher, options
-
+        # bwrap sets up the view; the launcher sets the limits and, as root, drops to the leased uid, no capabilities
         view += ["--ro-bind", launcher(), INSIDE]
         bwrap = shutil.which("bwrap") or "bwrap"
         return [bwrap, *view, *spaces, "--die-with-parent", "--new-session", "--", INSIDE, *options(uid, limits), "--",

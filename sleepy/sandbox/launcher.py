@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from sleepy.sandbox.process import rlimit_options
+
 INSIDE = "/sleepy-launch"  # where a step sees it
 
 
@@ -47,10 +49,4 @@ def launcher() -> str:
 
 def options(uid: int | None, limits) -> list[str]:
     """The launcher's options for a step: the uid to drop to (None: stay), then `process.Limits` as rlimits."""
-    out = [f"--uid={uid}"] if uid is not None else []
-    if limits is not None:
-        out += [f"--as={limits.memory_mb * 1024 * 1024}", f"--cpu={int(limits.wall_s) + 1}",
-                f"--fsize={limits.file_size_mb * 1024 * 1024}", "--core=0"]
-        if limits.processes is not None:
-            out.append(f"--nproc={limits.processes}")
-    return out
+    return ([f"--uid={uid}"] if uid is not None else []) + (rlimit_options(limits) if limits is not None else [])

@@ -49,17 +49,21 @@ class Completed:
         return rc - 128 if 128 < rc <= 128 + 64 else None
 
 
+def rlimit_options(limits: Limits) -> list[str]:
+    """The step's resource limits as options, the same for util-linux `prlimit` and sleepy's launcher: address
+    space, CPU seconds (the wall limit, rounded up), file size, no core dumps, and processes when limited."""
+    args = [f"--as={limits.memory_mb * 1024 * 1024}", f"--cpu={int(limits.wall_s) + 1}",
+            f"--fsize={limits.file_size_mb * 1024 * 1024}", "--core=0"]
+    if limits.processes is not None:
+        args.append(f"--nproc={limits.processes}")
+    return args
+
+
 def prlimit_prefix(limits: Limits) -> list[str]:
     prlimit = shutil.which("prlimit")
     if prlimit is None:
         raise RuntimeError("the sandbox needs util-linux `prlimit` on PATH to apply resource limits")
-    mem = limits.memory_mb * 1024 * 1024
-    cpu = int(limits.wall_s) + 1
-    fsize = limits.file_size_mb * 1024 * 1024
-    args = [prlimit, f"--as={mem}", f"--cpu={cpu}", f"--fsize={fsize}", "--core=0"]
-    if limits.processes is not None:
-        args.append(f"--nproc={limits.processes}")
-    return [*args, "--"]
+    return [prlimit, *rlimit_options(limits), "--"]
 
 
 def run_limited(
