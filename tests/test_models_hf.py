@@ -164,3 +164,16 @@ def test_missing_model_is_one_clear_error(model, monkeypatch):
     assert f"'{model}'" in message and "model=tiny" in message and "model.path" in message
     assert "nothing can be downloaded" in message and "\n" not in message
     assert err.value.__cause__ is not None
+
+
+def test_dequantizing_a_gguf_without_the_gguf_package_is_one_clear_error(tmp_path, monkeypatch):
+    from sleepy.models import gguf_model
+
+    monkeypatch.setenv("SLEEPY_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf fails, as without the llamacpp extra
+    monkeypatch.setattr(gguf_model, "inspect_model", lambda path: None)
+    monkeypatch.setattr(gguf_model, "file_sha256", lambda path: "0" * 64)
+    with pytest.raises(ModelLoadError) as err:
+        gguf_model.dequantized_dir(tmp_path / "model.gguf")
+    assert "gguf package" in str(err.value) and "[llamacpp]" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "gguf" / "dequantized").exists()  # nothing half-made

@@ -157,6 +157,7 @@ def dequantized_dir(path: str | Path, dtype: str = "bfloat16", log=print) -> Pat
     out = cache_root() / "gguf" / "dequantized" / f"{file_sha256(path)[:16]}-{dtype}"
     if (out / "config.json").exists():
         return out
+    need_gguf()  # transformers reads GGUF files with it
     import time
 
     import torch
