@@ -130,13 +130,15 @@ def test_the_exported_lora_has_llama_cpp_names_shapes_and_alpha(tiny_gguf, tiny_
     assert ollama_command(modelfile, "sleepy-night1") == f"ollama create sleepy-night1 -f {modelfile}"
 
 
-def test_dequantized_weights_and_tokenizer_are_the_models(tiny_gguf, tiny_hf):
+def test_dequantized_weights_and_tokenizer_are_the_models(tiny_gguf, tiny_hf, capfd):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     from sleepy.models.gguf_model import dequantized_dir
 
+    capfd.readouterr()
     out = dequantized_dir(tiny_gguf, "float32", log=lambda s: None)
+    assert "GGUF tensors" not in capfd.readouterr().err  # no per-tensor progress bar in the job's log
     assert dequantized_dir(tiny_gguf, "float32", log=lambda s: None) == out  # once, then from the cache
     ours, theirs = load_file(str(out / "model.safetensors")), load_file(str(tiny_hf / "model.safetensors"))
     assert set(ours) == set(theirs) and all((ours[k] == theirs[k]).all() for k in ours)

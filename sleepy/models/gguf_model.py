@@ -3,6 +3,7 @@ Hugging Face directory for the night's trainer (cached by the file's SHA-256).""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -148,6 +149,21 @@ def file_sha256(path: str | Path) -> str:
     return known[key]
 
 
+@contextlib.contextmanager
+def _no_tensor_bar():
+    """Without transformers' per-tensor progress bar over the GGUF (a plain tqdm that its progress-bar switch
+    misses): hundreds of redraws in the job's log."""
+    from unittest import mock
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    if not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+    with mock.patch.object(gguf_utils, "tqdm", lambda items, **_: items):
+        yield
+
+
 def dequantized_dir(path: str | Path, dtype: str = "bfloat16", log=print) -> Path:
     """A Hugging Face directory (config, safetensors, tokenizer with its chat template) holding the GGUF model's
     weights dequantized to `dtype`; made once per file content and dtype, then reused."""
@@ -171,7 +187,7 @@ def dequantized_dir(path: str | Path, dtype: str = "bfloat16", log=print) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        with quiet_progress():
+        with quiet_progress(), _no_tensor_bar():
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(
                 str(path.parent), gguf_file=path.name, quantization_config=GgufConfig(dequantize=True),
