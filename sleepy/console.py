@@ -81,6 +81,27 @@ def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped
     show(t, width=max(Console().width, 110))
 
 
+def night_steps(cycle: int, total: int, every_s: float = 60.0):
+    """A function (step, loss) that says how night `cycle`'s training goes: at its first step, then every `every_s`
+    seconds and at its last, with the time a step takes and about how long is left (a real model's night on a CPU
+    runs for most of an hour)."""
+    import time
+
+    start = last = time.monotonic()
+
+    def on_step(step: int, loss: float) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if step not in (1, total) and now - last < every_s:
+            return
+        last = now
+        per_step = (now - start) / step
+        left = f", about {(total - step) * per_step / 60:.0f} min left" if step < total else ""
+        say(f"night {cycle}: step {step}/{total}, loss {loss:.4f}, {per_step:.1f} s a step{left}")
+
+    return on_step
+
+
 def print_night(cycle: int, metrics: dict[str, float], subspace: str, r: int) -> None:
     """The night: its examples and training, and for a subspace how much of the adapters' variance the bases keep."""
     if "night/steps" not in metrics:

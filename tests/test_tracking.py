@@ -184,6 +184,10 @@ def test_the_night_logs_its_loss_at_every_training_step_of_the_run(tmp_path):
     last = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "night/loss_last")}
     assert sorted(loss) == [1, 2, 3, 4, 5, 6]
     assert (loss[1], loss[3], loss[4], loss[6]) == (first[1], last[1], first[2], last[2])
+    # and says how it goes while it trains: its first and last step, with the loss MLflow got
+    for night, step in ((1, 1), (1, 3), (2, 1), (2, 3)):
+        assert f"night {night}: step {step}/3, loss {loss[3 * (night - 1) + step]:.4f}, " in r.stdout, r.stdout[-3000:]
+    assert "min left" in r.stdout and "s a step" in r.stdout
 
 
 def test_uwsh_sources_name_the_adapters_and_the_runs_that_trained_them(tmp_path):
