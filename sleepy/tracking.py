@@ -34,6 +34,7 @@ EXPERIMENT_TAGS = {"mlflow.note.content": DESCRIPTION, "mlflow.experimentKind": 
 _UNNAMED = {"run_id", "baseline_run_id", "experiment_name", "source", "api_base", "uri", "artifact_root", "gguf",
             "system_metrics_s"}  # where things are and how they are watched: not what the run is
 _STAGE_KEYS = {"stage", "cycle", "cycles"}
+_RESUME_KEYS = {"run_id"} | _STAGE_KEYS  # params a resume, or the next stage of a run, changes by its nature
 _PATH = re.compile(r"[^\s,\[\]=]*/([^\s,\[\]/=]+)/?")
 
 
@@ -390,10 +391,21 @@ class Tracker:
             self.log_artifacts(Path(d) / name, artifact_path)
 
     def log_params(self, params: dict[str, str]) -> None:
+        """Log params the run lacks. MLflow keeps a param's first value, so a resumed run whose settings differ says
+        so: a tag `resumed.<key>` per changed setting ("new (was old)") and a warning naming them."""
         from mlflow.entities import Param
+
+        from sleepy import console
 
         existing = self._retry(self.client.get_run, self.run_id).data.params
         items = [Param(k, scrub(v, self.secrets)) for k, v in params.items() if k not in existing]
+        changed = {k: (existing[k], scrub(v, self.secrets)) for k, v in params.items()
+                   if k in existing and k not in _RESUME_KEYS and existing[k] != scrub(v, self.secrets)}
+        if changed:
+            self.set_tags({f"resumed.{k}": f"{new} (was {old})" for k, (old, new) in changed.items()})
+            console.warn(f"run {self.run_id} resumed with settings its params do not show (MLflow keeps the first): "
+                         + ", ".join(f"{k}={new} (was {old})" for k, (old, new) in sorted(changed.items()))
+                         + "; recorded as resumed.* tags")
         for i in range(0, len(items), 100):
             self._retry(self.client.log_batch, self.run_id, params=items[i:i + 100])
 

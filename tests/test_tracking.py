@@ -20,8 +20,9 @@ K1, K2 = PACK.select("type_mismatch", "eval", count=2)
 KEY, TEACHER_KEY = "sk-PLANTED-9f8e7d6c5b4a", "tk-PLANTED-teacher-0042"
 
 
-def served(tmp_path, *overrides):
-    """`python -m sleepy` on the two koans against the scripted server, with an api key planted; the process."""
+def served(tmp_path, *overrides, calls: bool = True):
+    """`python -m sleepy` on the two koans against the scripted server, with an api key planted; the process.
+    calls=False: a resume with nothing left to attempt, so the server hears nothing."""
     script = Script({k.title: [Step(reply=f"```rust\n{k.solution}\n```")] for k in (K1, K2)})
     with ScriptedLLMServer(script) as server:
         r = subprocess.run(
@@ -33,7 +34,7 @@ def served(tmp_path, *overrides):
             timeout=900)
         sent = {e["authorization"] for e in server.log}
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sent == {f"Bearer {KEY}"}  # the key did reach the model server: it was used, and only hidden elsewhere
+    assert sent == ({f"Bearer {KEY}"} if calls else set())  # the key reached the model server: used, hidden elsewhere
     return r
 
 
@@ -250,3 +251,18 @@ def test_the_night_loss_stream_logs_every_step_after_the_offset(tmp_path):
             time.sleep(0.01)
     tracker.end()
     assert tracker.history("night/loss") == {11: 1.0, 12: 0.5, 13: pytest.approx(1 / 3)}
+
+
+def test_a_resume_with_other_settings_says_so_in_tags_and_a_warning(tmp_path):
+    """MLflow keeps a param's first value: a resume with a changed setting is tagged resumed.<key>, new and old, and
+    warned about; the run id itself and the stage are a resume's to change."""
+    served(tmp_path, f"hydra.run.dir={tmp_path}/run1", "tracking.system_metrics_s=0")
+    (run,) = runs_of(tmp_path)
+    again = served(tmp_path, f"hydra.run.dir={tmp_path}/run2", "tracking.system_metrics_s=0", "agent.temperature=0.7",
+                   f"run_id={run.info.run_id}", calls=False)
+    (run,) = runs_of(tmp_path)
+    assert run.data.params["agent.temperature"] == "0.2"  # the first value stays
+    resumed = {k: v for k, v in run.data.tags.items() if k.startswith("resumed.")}
+    assert resumed["resumed.agent.temperature"] == "0.7 (was 0.2)"
+    assert set(resumed) == {"resumed.agent.temperature", "resumed.model.api_base"}  # the scripted server's new port
+    assert "agent.temperature=0.7 (was 0.2)" in again.stderr and run.info.run_id in again.stderr
