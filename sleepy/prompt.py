@@ -11,6 +11,8 @@ import html
 import re
 import subprocess
 
+from sleepy.rust_source import RustSourceError, split_module
+
 SYSTEM = ("You are an expert Rust programmer. You fix Rust programs so that they compile (edition 2024) "
           "and pass their tests. Reply with the complete fixed program in one ```rust code block.")
 DIAGNOSTICS_CHARS = 3000
@@ -177,12 +179,10 @@ def _indented(lines: list[str]) -> str:
 
 
 def strip_test_module(code: str, name: str) -> str:
-    from sleepy.koans.rustlings import split_tests
-
     if f"mod {name}" not in code:
         return code
     try:
-        stripped, _ = split_tests(code, name)
-    except Exception:  # noqa: BLE001 - an unbalanced module is judged as it is
+        stripped, _ = split_module(code, name)
+    except RustSourceError:  # an unbalanced module is judged as it is
         return code
     return stripped

@@ -6,7 +6,8 @@ import torch
 
 from sleepy.config import LoraConfig, NightConfig, SubspaceConfig
 from sleepy.koans import load_pack
-from sleepy.night.adapters import find_adapters, read_adapter, write_adapter
+from sleepy.lora import read_adapter, write_adapter
+from sleepy.night.adapters import find_adapters
 from sleepy.night.coefficients import attach, factors, fresh, lora_layers
 from sleepy.night.dataset import build_examples
 from sleepy.night.fit import fit_night

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sleepy.night.adapters import merge_updates, read_adapter, write_adapter
+from sleepy.lora import read_adapter, write_adapter
+from sleepy.night.adapters import merge_updates
 from sleepy.night.subspace import Subspace, build_basis, param_counts
 
 # module -> (d_in, d_out); two module types of different shapes

@@ -1,4 +1,5 @@
-"""The Koan: a broken Rust program, its intended fix and the tests that pin its behaviour."""
+"""The Koan: a broken Rust program, its intended fix and the tests that pin its behaviour; the Pack: koans loaded
+from one place, whatever its format."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import functools
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+import tomllib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SPLITS = ("train", "eval")
@@ -140,3 +143,50 @@ def relpath(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def read_toml(path: Path) -> dict:
+    """Parse a TOML file; any problem is one KoanError naming the file."""
+    text = read_utf8(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise KoanError(f"{relpath(path)}: malformed TOML: {e}") from None
+
+
+@dataclass
+class Pack:
+    name: str
+    root: Path
+    koans: list[Koan]
+    families: dict[str, str] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # pack.toml's other keys (how a generated pack was made)
+    notes: list[str] = field(default_factory=list)  # what loading it left out, and why
+
+    def get(self, koan_id: str) -> Koan:
+        for k in self.koans:
+            if k.id == koan_id:
+                return k
+        raise KoanError(f"{relpath(self.root)}: no koan with id '{koan_id}'")
+
+    def select(self, family: str | Iterable[str] | None = None, split: str | None = None,
+               count: int | None = None) -> list[Koan]:
+        """Koans of the given families and split, in id order; the first `count` per family."""
+        families = [family] if isinstance(family, str) else list(family) if family else None
+        for f in families or []:
+            if f not in self.families:
+                raise KoanError(f"{relpath(self.root)}: unknown family '{f}' "
+                                f"(valid: {', '.join(sorted(self.families))})")
+        if split is not None and split not in SPLITS:
+            raise KoanError(f"split must be one of {', '.join(SPLITS)}; got '{split}'")
+        chosen = [k for k in self.koans
+                  if (families is None or k.family in families) and (split is None or k.split == split)]
+        if count is None:
+            return chosen
+        per: dict[str, int] = {}
+        out = []
+        for k in chosen:
+            per[k.family] = per.get(k.family, 0) + 1
+            if per[k.family] <= count:
+                out.append(k)
+        return out

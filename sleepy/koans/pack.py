@@ -4,14 +4,13 @@ rustlings-format checkouts, and the leak check between splits."""
 from __future__ import annotations
 
 import re
-import tomllib
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from sleepy import shipped
 from sleepy.koans import lock
-from sleepy.koans.model import SPLITS, Koan, KoanError, read_utf8, relpath, shape_grams, wrap_tests
+from sleepy.koans.model import SPLITS, Koan, KoanError, Pack, read_toml, relpath, shape_grams, wrap_tests
+from sleepy.koans.rustlings import info_path, load_rustlings
 
 BUILTIN = shipped("koans")
 REQUIRED = ("id", "family", "split", "title", "expected_errors", "code", "solution", "tests")
@@ -21,51 +20,11 @@ _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _CODE = re.compile(r"^E\d{4}$")
 
 
-@dataclass
-class Pack:
-    name: str
-    root: Path
-    koans: list[Koan]
-    families: dict[str, str] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)  # pack.toml's other keys (how a generated pack was made)
-    notes: list[str] = field(default_factory=list)  # what loading it left out, and why
-
-    def get(self, koan_id: str) -> Koan:
-        for k in self.koans:
-            if k.id == koan_id:
-                return k
-        raise KoanError(f"{relpath(self.root)}: no koan with id '{koan_id}'")
-
-    def select(self, family: str | Iterable[str] | None = None, split: str | None = None,
-               count: int | None = None) -> list[Koan]:
-        """Koans of the given families and split, in id order; the first `count` per family."""
-        families = [family] if isinstance(family, str) else list(family) if family else None
-        for f in families or []:
-            if f not in self.families:
-                raise KoanError(f"{relpath(self.root)}: unknown family '{f}' "
-                                f"(valid: {', '.join(sorted(self.families))})")
-        if split is not None and split not in SPLITS:
-            raise KoanError(f"split must be one of {', '.join(SPLITS)}; got '{split}'")
-        chosen = [k for k in self.koans
-                  if (families is None or k.family in families) and (split is None or k.split == split)]
-        if count is None:
-            return chosen
-        per: dict[str, int] = {}
-        out = []
-        for k in chosen:
-            per[k.family] = per.get(k.family, 0) + 1
-            if per[k.family] <= count:
-                out.append(k)
-        return out
-
-
 def load_pack(path: str | Path | None = None, check_lock: bool = True) -> Pack:
     """Load the builtin pack (path=None), a TOML pack directory, or a rustlings checkout."""
     root = Path(path) if path else BUILTIN
     if not root.is_dir():
         raise KoanError(f"{root}: koan pack path does not exist or is not a directory")
-    from sleepy.koans.rustlings import info_path, load_rustlings
-
     if info_path(root):
         return load_rustlings(root)
     if (root / "pack.toml").exists():
@@ -127,15 +86,6 @@ def _toml_string(text: str, multiline: bool = False) -> str:
         else:
             escaped.append(c)
     return '"' + "".join(escaped) + '"'
-
-
-def read_toml(path: Path) -> dict:
-    """Parse a TOML file; any problem is one KoanError naming the file."""
-    text = read_utf8(path)
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise KoanError(f"{relpath(path)}: malformed TOML: {e}") from None
 
 
 def load_toml_pack(root: Path, check_lock: bool = True) -> Pack:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleepy.koans.model import Koan, KoanError, read_utf8, relpath
+from sleepy.koans.model import Koan, KoanError, Pack, read_toml, read_utf8, relpath
 from sleepy.rust_source import RustSourceError, split_module, test_functions, tokens
 
 _EXERCISE_KEYS = {"name", "dir", "test", "hint", "skip_check_unsolved", "strict_clippy"}
@@ -25,8 +25,6 @@ def info_path(root: Path) -> Path | None:
 
 
 def load_rustlings(root: Path):
-    from sleepy.koans.pack import Pack, read_toml
-
     info_file = info_path(root)
     info = read_toml(info_file)
     exercises = info.get("exercises")

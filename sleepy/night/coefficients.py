@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sleepy.night.adapters import PREFIX
+from sleepy.lora import PREFIX
 from sleepy.night.subspace import Coefficients, Factors, Subspace, temporary_count
 
 

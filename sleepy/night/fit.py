@@ -148,7 +148,8 @@ def _fit_subspace(model, path, encoded, out, fit, *, lora, subspace, seed, previ
 def _export(out: Path, trained: dict, config: dict, family: bool, previous: Path | None) -> None:
     """Serve what the night trained: its one task's factors, or under family routing each family's (the last night's
     for families not trained tonight) and, for koans of no known family, their exact mean update."""
-    from sleepy.night.adapters import merge_updates, read_adapter, write_adapter
+    from sleepy.lora import read_adapter, write_adapter
+    from sleepy.night.adapters import merge_updates
 
     if not family:
         (factors,) = trained.values()
@@ -164,7 +165,7 @@ def _export(out: Path, trained: dict, config: dict, family: bool, previous: Path
 
 def _fitting(sources: list[Path], model_shapes: dict, source: str | None) -> tuple[list[Path], list]:
     """The source adapters that fit the model's LoRA layers (any rank), and their factors."""
-    from sleepy.night.adapters import read_adapter
+    from sleepy.lora import read_adapter
 
     paths, out = [], []
     for path in sources:

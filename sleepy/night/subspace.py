@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sleepy.night.adapters import Factors, staged_dir
+from sleepy.lora import Factors, staged_dir
 
 if TYPE_CHECKING:
     from torch import Tensor
