@@ -81,23 +81,36 @@ def print_summary(rows: list[dict], stage: str, cycle: int, run_id: str, skipped
     show(t, width=max(Console().width, 110))
 
 
-def night_steps(cycle: int, total: int, every_s: float = 60.0):
-    """A function (step, loss) that says how night `cycle`'s training goes: at its first step, then every `every_s`
-    seconds and at its last, with the time a step takes and about how long is left (a real model's night on a CPU
-    runs for most of an hour)."""
-    import time
+class Paced:
+    """When to say how a long loop goes, and what: at its first and its last item and at most once every `every_s`
+    seconds between, with the time an item takes and about how long is left (a real model's stage or night on a
+    CPU runs for most of an hour; a log nobody watches still shows it moving)."""
 
-    start = last = time.monotonic()
+    def __init__(self, total: int, every_s: float = 60.0, already: int = 0):
+        import time
+
+        self.clock = time.monotonic
+        self.total, self.every_s, self.already = total, every_s, already
+        self.start = self.last = self.clock()
+
+    def due(self, done: int) -> tuple[float, str] | None:
+        """(seconds an item, ", about N min left" or "") when `done` items are finished and a line is due, else None."""
+        now = self.clock()
+        if done not in (self.already + 1, self.total) and now - self.last < self.every_s:
+            return None
+        self.last = now
+        per_item = (now - self.start) / max(done - self.already, 1)
+        return per_item, f", about {(self.total - done) * per_item / 60:.0f} min left" if done < self.total else ""
+
+
+def night_steps(cycle: int, total: int, every_s: float = 60.0):
+    """A function (step, loss) that says how night `cycle`'s training goes (Paced)."""
+    paced = Paced(total, every_s)
 
     def on_step(step: int, loss: float) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if step not in (1, total) and now - last < every_s:
-            return
-        last = now
-        per_step = (now - start) / step
-        left = f", about {(total - step) * per_step / 60:.0f} min left" if step < total else ""
-        say(f"night {cycle}: step {step}/{total}, loss {loss:.4f}, {per_step:.1f} s a step{left}")
+        if due := paced.due(step):
+            per_step, left = due
+            say(f"night {cycle}: step {step}/{total}, loss {loss:.4f}, {per_step:.1f} s a step{left}")
 
     return on_step
 
@@ -178,9 +191,10 @@ def print_loop(closed: list[tuple[int, int, int]], eval_rates: tuple[float, floa
 
 
 class Progress:
-    """Koans done, passed, attempts and throughput while a stage runs (quiet when not a terminal)."""
+    """Koans done, passed, attempts and throughput while a stage runs: a bar on a terminal, else a line at the first
+    koan, once a minute and at the last (Paced)."""
 
-    def __init__(self, label: str, total: int, already: int):
+    def __init__(self, label: str, total: int, already: int, every_s: float = 60.0):
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bar
 
@@ -189,6 +203,7 @@ class Progress:
         self.bar = Bar(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                        TimeElapsedColumn(), disable=not sys.stdout.isatty())
         self.task = self.bar.add_task("koans", total=total, completed=already, info="")
+        self.paced = None if sys.stdout.isatty() else Paced(total, every_s, already)
 
     def __enter__(self):
         self.bar.start()
@@ -206,4 +221,10 @@ class Progress:
         task = self.bar.tasks[0]
         rate = task.completed / task.elapsed if task.elapsed else 0.0
         self.bar.update(self.task, advance=1, info=f"passed {self.passed}  attempts {self.attempts}  {rate:.2f} koans/s")
-        log.debug(f"{self.label}: {task.completed:.0f}/{task.total:.0f} koans, passed {self.passed}")
+        done = int(task.completed)
+        if self.paced and (due := self.paced.due(done)):
+            per_koan, left = due
+            say(f"{self.label}: {done}/{task.total:.0f} koans, passed {self.passed}, {self.attempts} attempts, "
+                f"{per_koan:.0f} s a koan{left}")
+        else:
+            log.debug(f"{self.label}: {done}/{task.total:.0f} koans, passed {self.passed}")

@@ -4,6 +4,7 @@ summary of the episodes the UI can show, and an experiment the UI opens as a tra
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -189,6 +190,23 @@ def test_the_night_logs_its_loss_at_every_training_step_of_the_run(tmp_path):
     for night, step in ((1, 1), (1, 3), (2, 1), (2, 3)):
         assert f"night {night}: step {step}/3, loss {loss[3 * (night - 1) + step]:.4f}, " in r.stdout, r.stdout[-3000:]
     assert "min left" in r.stdout and "s a step" in r.stdout
+    # and so does each stage, its output being no terminal (one koan each here: its first line is its last)
+    for stage in ("eval 0", "day 1", "eval 1", "recall 1", "day 2", "eval 2", "recall 2"):
+        assert re.search(rf"^{stage}: 1/1 koans, passed [01], 1 attempts, \d+ s a koan$", r.stdout, re.M), r.stdout[-3000:]
+
+
+def test_a_stage_not_on_a_terminal_says_its_first_koan_then_once_a_minute_and_its_last(capsys):
+    """A resumed stage of 4 koans, 1 kept: a line at its first new koan with the time left, none for the next within
+    the minute, one at the last."""
+    from sleepy.console import Progress
+
+    with Progress("eval 1", total=4, already=1) as progress:
+        for passed in (True, False, True):
+            progress.koan(passed, 2)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval 1: ")]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"eval 1: 2/4 koans, passed 1, 2 attempts, \d+ s a koan, about \d+ min left", lines[0])
+    assert re.fullmatch(r"eval 1: 4/4 koans, passed 2, 6 attempts, \d+ s a koan", lines[1])
 
 
 def test_uwsh_sources_name_the_adapters_and_the_runs_that_trained_them(tmp_path):
