@@ -104,7 +104,9 @@ def test_a_gguf_lora_adapter_is_not_taken_for_a_model(tiny_gguf, tiny_adapter, t
         inspect_model(lora)
 
 
-def test_the_exported_lora_has_llama_cpp_names_shapes_and_alpha(tiny_gguf, tiny_adapter):
+def test_the_exported_lora_has_llama_cpp_names_shapes_and_alpha(tiny_gguf, tiny_adapter, tmp_path, caplog):
+    import logging
+
     import gguf
     from safetensors.torch import load_file
 
@@ -113,6 +115,11 @@ def test_the_exported_lora_has_llama_cpp_names_shapes_and_alpha(tiny_gguf, tiny_
 
     path = export_lora(tiny_adapter, inspect_model(tiny_gguf))
     assert path == tiny_adapter / "adapter.gguf"
+    with caplog.at_level(logging.INFO):  # a fresh file: the gguf writer's INFO lines stay out of the job's log
+        export_lora(tiny_adapter, inspect_model(tiny_gguf), tmp_path / "fresh.gguf")
+    assert (tmp_path / "fresh.gguf").exists()
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("gguf")]
+    assert logging.getLogger("gguf.gguf_writer").level == logging.NOTSET  # and its level is as it was
     reader = gguf.GGUFReader(str(path))
     fields = {k: reader.fields[k].contents() for k in ("general.type", "general.architecture", "adapter.type",
                                                        "adapter.lora.alpha")}

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shlex
@@ -21,7 +22,7 @@ MODELFILE = "Modelfile"
 def export_lora(adapter_dir: str | Path, base: GgufModel, out: str | Path | None = None) -> Path:
     """Write the peft LoRA at adapter_dir as a GGUF LoRA for `base` (default: adapter_dir/adapter.gguf); reused
     when it is newer than the adapter's weights."""
-    from sleepy.night.adapters import WEIGHTS, read_adapter
+    from sleepy.lora import WEIGHTS, read_adapter
 
     adapter_dir = Path(adapter_dir)
     out = Path(out) if out else adapter_dir / ADAPTER_FILE
@@ -44,6 +45,9 @@ def export_lora(adapter_dir: str | Path, base: GgufModel, out: str | Path | None
         raise ValueError(f"{base.path}: architecture {base.architecture!r} is unknown to the gguf package")
     names = gguf.get_tensor_name_map(arch, base.blocks)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    quiet = logging.getLogger("gguf.gguf_writer")  # its INFO lines name the temporary file: noise in a job's log
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     writer = gguf.GGUFWriter(str(tmp), base.architecture)
     try:
         writer.add_type(gguf.GGUFType.ADAPTER)
@@ -62,6 +66,7 @@ def export_lora(adapter_dir: str | Path, base: GgufModel, out: str | Path | None
         writer.write_tensors_to_file()
     finally:
         writer.close()
+        quiet.setLevel(level)
     os.replace(tmp, out)
     return out
 
