@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -45,30 +46,40 @@ def export_lora(adapter_dir: str | Path, base: GgufModel, out: str | Path | None
         raise ValueError(f"{base.path}: architecture {base.architecture!r} is unknown to the gguf package")
     names = gguf.get_tensor_name_map(arch, base.blocks)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    quiet = logging.getLogger("gguf.gguf_writer")  # its INFO lines name the temporary file: noise in a job's log
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    writer = gguf.GGUFWriter(str(tmp), base.architecture)
-    try:
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        writer.add_name(f"{adapter_dir.name} (LoRA for {base.name})")
-        for module, (A, B) in factors.items():
-            target = names.get_name(module + ".weight", try_suffixes=(".weight",))
-            if target is None or target.startswith(("token_embd", "output.")):
-                raise ValueError(f"{adapter_dir}: LoRA module {module} has no GGUF LoRA equivalent for "
-                                 f"{base.architecture} (adapt the attention and MLP projections only)")
-            writer.add_tensor(target + ".lora_a", A.float().contiguous().numpy())
-            writer.add_tensor(target + ".lora_b", B.float().contiguous().numpy())
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-        quiet.setLevel(level)
+    with _quiet_writer():
+        writer = gguf.GGUFWriter(str(tmp), base.architecture)
+        try:
+            writer.add_type(gguf.GGUFType.ADAPTER)
+            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+            writer.add_name(f"{adapter_dir.name} (LoRA for {base.name})")
+            for module, (A, B) in factors.items():
+                target = names.get_name(module + ".weight", try_suffixes=(".weight",))
+                if target is None or target.startswith(("token_embd", "output.")):
+                    raise ValueError(f"{adapter_dir}: LoRA module {module} has no GGUF LoRA equivalent for "
+                                     f"{base.architecture} (adapt the attention and MLP projections only)")
+                writer.add_tensor(target + ".lora_a", A.float().contiguous().numpy())
+                writer.add_tensor(target + ".lora_b", B.float().contiguous().numpy())
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     os.replace(tmp, out)
     return out
+
+
+@contextlib.contextmanager
+def _quiet_writer():
+    """The gguf writer's INFO lines (its byte order, the temporary file's name) kept out of a job's log; its
+    logger's level is restored afterwards, whatever happens."""
+    quiet = logging.getLogger("gguf.gguf_writer")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
 
 
 def write_modelfile(adapter_gguf: str | Path, base_gguf: str | Path) -> Path:
