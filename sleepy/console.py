@@ -200,10 +200,11 @@ class Progress:
 
         self.label, self.already = label, already
         self.passed = self.attempts = 0
+        terminal = sys.stdout.isatty()
         self.bar = Bar(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                       TimeElapsedColumn(), disable=not sys.stdout.isatty())
+                       TimeElapsedColumn(), disable=not terminal)
         self.task = self.bar.add_task("koans", total=total, completed=already, info="")
-        self.paced = None if sys.stdout.isatty() else Paced(total, every_s, already)
+        self.paced = None if terminal else Paced(total, every_s, already)
 
     def __enter__(self):
         self.bar.start()
